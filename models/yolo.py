@@ -1,0 +1,343 @@
+"""Detection model: YAML config -> ``nn.Sequential`` of registered modules, anchor-based ``Detect`` head.
+
+A config is data, never code: module names resolve through the explicit ``MODULES`` registry and
+string arguments through a fixed table (``nc``, ``anchors``) or ``ast.literal_eval``. Anything
+else is a ``ValueError`` naming the layer and the offending entry.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import math
+import re
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, RepVGGBlock
+from models.reparameterizable import Reparameterizable
+from utils.general import LOGGER, ROOT, make_divisible, setup_logging
+from utils.torch_utils import initialize_weights, model_summary
+
+
+class Detect(nn.Module):
+    """YOLOv5 detection head: one 1x1 conv per level, sigmoid decode against grid and anchors.
+
+    Training returns the raw per-level maps ``(bs, na, ny, nx, no)``; eval returns
+    ``(decoded (bs, N, no), raw maps)``; with ``export = True`` only the decoded tensor, which is
+    what exported graphs carry.
+    """
+
+    def __init__(self, nc=80, anchors=(), ch=(), inplace=True):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5  # outputs per anchor: xywh, objectness, classes
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.grid = [torch.empty(0) for _ in range(self.nl)]
+        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        # anchors are in grid units after Model.__init__; a persistent buffer so AutoAnchor's edits travel
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
+        self.register_buffer("stride", torch.zeros(self.nl), persistent=False)  # not in YOLOv5's state dict
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.inplace = inplace
+        self.export = False  # return only the decoded tensor
+        self.dynamic = False  # rebuild grids on every call (export with dynamic shapes)
+
+    def forward(self, x: list[Tensor]):
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
+                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                xy = (xy * 2 + self.grid[i]) * self.stride[i]
+                wh = (wh * 2) ** 2 * self.anchor_grid[i]
+                z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+        if self.training:
+            return x
+        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
+
+    def _make_grid(self, nx: int, ny: int, i: int):
+        d, t = self.anchors[i].device, self.anchors[i].dtype
+        shape = 1, self.na, ny, nx, 2
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5  # offset so xy*2-0.5 spans -0.5..1.5
+        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+        return grid, anchor_grid
+
+
+# ---------------------------------------------------------------------------------------------
+# Config parsing
+# ---------------------------------------------------------------------------------------------
+
+MODULES: dict[str, type[nn.Module]] = {
+    "Conv": Conv,
+    "DWConv": DWConv,
+    "Bottleneck": Bottleneck,
+    "C3": C3,
+    "SPPF": SPPF,
+    "Concat": Concat,
+    "RepVGGBlock": RepVGGBlock,
+    "OREPA": OREPA,
+    "Detect": Detect,
+    "nn.Upsample": nn.Upsample,
+    "nn.BatchNorm2d": nn.BatchNorm2d,
+    "nn.MaxPool2d": nn.MaxPool2d,
+    "nn.Identity": nn.Identity,
+}
+CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, OREPA)  # args start with c2; c1 is inserted
+REPEAT_INSIDE = (C3,)  # the repeat count is an argument, not a stack of copies
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    name: getattr(nn, name)
+    for name in ("SiLU", "ReLU", "ReLU6", "LeakyReLU", "Hardswish", "Mish", "GELU", "Sigmoid", "Identity")
+}
+NAMED_ARGS = ("nc", "anchors")  # the only names a config's arguments may refer to
+
+
+def resolve_cfg(cfg: str | Path) -> Path:
+    """Find a model YAML: an existing path, or a bare name (with or without .yaml) under models/."""
+    p = Path(cfg)
+    if p.is_file():
+        return p
+    names = [p.name] if p.suffix in (".yaml", ".yml") else [p.name + ".yaml", p.name + ".yml"]
+    for name in names:
+        hits = sorted((ROOT / "models").rglob(name))
+        if hits:
+            return hits[0]
+    available = ", ".join(sorted(x.name for x in (ROOT / "models").rglob("*.yaml")))
+    raise FileNotFoundError(f"model config '{cfg}' not found (as a path or under models/); available: {available}")
+
+
+def load_cfg(cfg: str | Path | dict) -> dict:
+    """Model config as a plain dict (a copy when given a dict)."""
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    path = resolve_cfg(cfg)
+    with open(path, encoding="utf-8") as f:
+        d = yaml.safe_load(f)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a model config must be a YAML mapping, got {type(d).__name__}")
+    d["yaml_file"] = path.name
+    return d
+
+
+def parse_activation(spec) -> nn.Module | None:
+    """``'nn.LeakyReLU(0.1)'`` or ``'SiLU'`` -> a module, through ``ACTIVATIONS`` (never eval)."""
+    if spec is None:
+        return None
+    match = re.fullmatch(r"\s*(?:nn\.)?(\w+)\s*(?:\((.*)\))?\s*", str(spec))
+    if not match or match.group(1) not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {spec!r}; valid: {', '.join(ACTIVATIONS)}")
+    try:
+        args = ast.literal_eval(f"({match.group(2)},)") if match.group(2) else ()
+        return ACTIVATIONS[match.group(1)](*args)
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"bad activation arguments in {spec!r}: {e}") from None
+
+
+def _resolve_arg(a, named: dict):
+    if not isinstance(a, str):
+        return a
+    if a in named:
+        return named[a]
+    try:
+        return ast.literal_eval(a)  # 'None', '2', '[1, 2]'
+    except (ValueError, SyntaxError):
+        return a  # a plain string argument such as 'nearest'
+
+
+def _check_from(i: int, f, entry) -> list[int]:
+    froms = [f] if isinstance(f, int) and not isinstance(f, bool) else f
+    if not isinstance(froms, list) or not froms or not all(isinstance(j, int) and not isinstance(j, bool) for j in froms):
+        raise ValueError(f"layer {i} {entry}: 'from' must be an int or a list of ints, got {f!r}")
+    for j in froms:
+        ok = j == -1 if i == 0 else -i <= j < i
+        if not ok:
+            raise ValueError(f"layer {i} {entry}: 'from' index {j} does not refer to an earlier layer (valid: -1 or {-i}..{i - 1})")
+    return froms
+
+
+def _check_signature(i: int, cls, args: list, kwargs: dict, entry) -> None:
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"layer {i} {entry}: wrong arguments for {cls.__name__}{tuple(args)}: {e}") from None
+
+
+def parse_model(d: dict, ch: list[int]):
+    """Build the layers of a config dict. Returns (nn.Sequential, indices whose outputs are kept)."""
+    for key in ("nc", "backbone", "head"):
+        if key not in d:
+            raise ValueError(f"model config lacks '{key}'")
+    nc, anchors = d["nc"], d.get("anchors", 3)
+    gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
+    act = parse_activation(d.get("activation"))
+    na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
+    no = na * (nc + 5)
+    named = {"nc": nc, "anchors": anchors}
+    layers, save, c2 = [], [], ch[-1]
+    for i, entry in enumerate(d["backbone"] + d["head"]):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+            raise ValueError(f"layer {i}: expected [from, number, module, args], got {entry!r}")
+        f, n, name, args = entry
+        if not isinstance(name, str) or name not in MODULES:
+            raise ValueError(f"layer {i} {entry}: unknown module {name!r}; registered modules: {', '.join(MODULES)}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"layer {i} {entry}: 'number' must be a positive int, got {n!r}")
+        if not isinstance(args, list):
+            raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {args!r}")
+        froms = _check_from(i, f, entry)
+        m = MODULES[name]
+        args = [_resolve_arg(a, named) for a in args]
+        kwargs = {"act": act} if act is not None and m in CHANNEL_MODULES else {}
+        n = max(round(n * gd), 1) if n > 1 else n
+        if m in CHANNEL_MODULES:
+            if len(froms) != 1 or not args:
+                raise ValueError(f"layer {i} {entry}: {name} takes one input and at least the output channels")
+            c1, c2 = ch[froms[0]], args[0]
+            if not isinstance(c2, int):
+                raise ValueError(f"layer {i} {entry}: output channels must be an int, got {c2!r}")
+            if c2 != no:
+                c2 = make_divisible(c2 * gw, 8)
+            args = [c1, c2, *args[1:]]
+            if m in REPEAT_INSIDE:
+                args.insert(2, n)
+                n = 1
+        elif m is nn.BatchNorm2d:
+            args = [ch[froms[0]]]
+            c2 = ch[froms[0]]
+        elif m is Concat:
+            c2 = sum(ch[j] for j in froms)
+        elif m is Detect:
+            args.append([ch[j] for j in froms])
+            if len(args) > 1 and isinstance(args[1], int):  # anchor count only: placeholders, AutoAnchor fills them
+                args[1] = [list(range(args[1] * 2))] * len(froms)
+        else:
+            c2 = ch[froms[0]]
+        _check_signature(i, m, args, kwargs, entry)
+        try:
+            if n > 1:  # later copies take the first copy's output channels
+                later = [c2, *args[1:]] if m in CHANNEL_MODULES else args
+                module = nn.Sequential(m(*args, **kwargs), *(m(*later, **kwargs) for _ in range(n - 1)))
+            else:
+                module = m(*args, **kwargs)
+        except (ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise ValueError(f"layer {i} {entry}: cannot build {name}{tuple(args)}: {e}") from None
+        module.i, module.f, module.n, module.type, module.args = i, f, n, name, args
+        save.extend(j % i for j in froms if j != -1)
+        layers.append(module)
+        if i == 0:
+            ch = []
+        ch.append(c2)
+    return nn.Sequential(*layers), sorted(set(save))
+
+
+def check_anchor_order(m: Detect) -> None:
+    """Anchors must grow with stride (small anchors on the fine P3 grid); flip them if not."""
+    a = m.anchors.prod(-1).mean(-1).view(-1)
+    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
+    if da and da.sign() != ds.sign():
+        LOGGER.info("Reversing anchor order")
+        m.anchors[:] = m.anchors.flip(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+class Model(nn.Module):
+    """A detector built from a YAML config (path, bare name under models/, or dict)."""
+
+    def __init__(self, cfg: str | Path | dict = "yolov5s.yaml", ch: int = 3, nc: int | None = None, anchors=None):
+        super().__init__()
+        self.yaml = load_cfg(cfg)
+        ch = self.yaml["ch"] = self.yaml.get("ch", ch)
+        if nc and nc != self.yaml["nc"]:
+            LOGGER.info(f"Overriding model.yaml nc={self.yaml['nc']} with nc={nc}")
+            self.yaml["nc"] = nc
+        if anchors:
+            self.yaml["anchors"] = round(anchors)
+        self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
+        self.names = [str(i) for i in range(self.yaml["nc"])]
+        self.inplace = self.yaml.get("inplace", True)
+        detect = self.model[-1]
+        if isinstance(detect, Detect):
+            detect.inplace = self.inplace
+            detect.stride = self._probe_strides(ch)
+            check_anchor_order(detect)
+            detect.anchors /= detect.stride.view(-1, 1, 1)
+            self._initialize_biases()
+        initialize_weights(self)
+
+    @property
+    def stride(self) -> Tensor:
+        detect = self.model[-1]
+        return detect.stride if isinstance(detect, Detect) else torch.tensor([32.0])
+
+    @property
+    def is_folded(self) -> bool:
+        """True when every re-parameterizable block is in its deploy form."""
+        return all(m.deploy for m in self.modules() if isinstance(m, Reparameterizable))
+
+    @torch.no_grad()
+    def _probe_strides(self, ch: int, s: int = 256) -> Tensor:
+        """Strides from one dummy forward in eval mode (BatchNorm statistics stay untouched)."""
+        detect = self.model[-1]
+        detect.stride = torch.ones(detect.nl)
+        was_training = self.training
+        self.eval()
+        try:
+            _, raw = self.forward(torch.zeros(1, ch, s, s))
+        finally:
+            self.train(was_training)
+        return torch.tensor([s / x.shape[2] for x in raw])
+
+    @torch.no_grad()
+    def _initialize_biases(self, class_freq: Tensor | None = None) -> None:
+        """YOLOv5's prior: about 8 objects per 640x640 image, classes near-uniform (or by frequency)."""
+        m = self.model[-1]
+        for mi, s in zip(m.m, m.stride):
+            b = mi.bias.view(m.na, -1)
+            b[:, 4] += math.log(8 / (640 / s) ** 2)
+            b[:, 5:5 + m.nc] += math.log(0.6 / (m.nc - 0.99999)) if class_freq is None else torch.log(class_freq / class_freq.sum())
+
+    def forward(self, x: Tensor):
+        y = []
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        return x
+
+    def fuse(self) -> "Model":
+        """Switch to eval mode and fold every re-parameterizable block in place (idempotent)."""
+        self.eval()
+        blocks = [m for m in self.modules() if isinstance(m, Reparameterizable)]
+        for m in reversed(blocks):  # innermost first, should a foldable block ever contain another
+            m.fold()
+        return self
+
+    def info(self, verbose: bool = True, imgsz: int = 640) -> dict:
+        """Log the layer table and the summary line (layers, parameters, gradients, GFLOPs); return the numbers."""
+        setup_logging()
+        summary = model_summary(self, imgsz)
+        if verbose:
+            LOGGER.info(f"{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
+            for m in self.model:
+                n_params = sum(p.numel() for p in m.parameters())
+                LOGGER.info(f"{m.i:>3}{str(m.f):>18}{m.n:>3}{n_params:10.0f}  {m.type:<40}{str(m.args):<30}")
+        name = Path(self.yaml.get("yaml_file", "model")).stem
+        LOGGER.info(
+            f"{name} summary{' (folded)' if self.is_folded else ''}: {summary['layers']} layers, "
+            f"{summary['parameters']} parameters, {summary['gradients']} gradients, {summary['gflops']:.1f} GFLOPs"
+        )
+        return summary

@@ -1,0 +1,136 @@
+"""Checkpoints as plain data: tensors, dicts, lists, strings and numbers only.
+
+A file written here loads with ``torch.load(path, weights_only=True)`` (no pickled classes, so a
+downloaded checkpoint cannot run code), and the model is rebuilt from the YAML dict stored in it.
+Writes are atomic: a crash mid-save leaves the previous file intact, never a truncated one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "yolo-reparam-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("format", "yaml", "state_dict", "folded")
+
+
+class CheckpointError(ValueError):
+    """A file that is missing, unreadable, truncated or not one of our checkpoints."""
+
+
+def to_plain(obj, where: str = "checkpoint"):
+    """Convert ``obj`` to types ``torch.load(weights_only=True)`` accepts, or raise naming the culprit.
+
+    Namespaces become dicts, paths strings, numpy scalars Python numbers and numpy arrays tensors.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        return {str(k) if isinstance(k, Path) else k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored in a plain-data checkpoint")
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_record(model: nn.Module) -> dict:
+    """The plain-data description of a model: its YAML dict, weights and metadata."""
+    from models.yolo import Model  # local: checkpoint I/O should not require building models at import
+
+    model = getattr(model, "module", model)  # unwrap DDP / DataParallel
+    if not isinstance(model, Model):
+        raise TypeError(f"save_checkpoint expects a models.yolo.Model, got {type(model).__name__}")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "yaml": to_plain(model.yaml, "model.yaml"),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "names": [str(n) for n in model.names],
+        "nc": int(model.yaml["nc"]),
+        "stride": [float(s) for s in model.stride],
+        "folded": bool(model.is_folded),
+    }
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> Path:
+    """Write ``model`` plus ``extra`` plain data (epoch, optimizer state, options, ...) atomically."""
+    record = model_record(model)
+    clash = set(extra) & set(record)
+    if clash:
+        raise ValueError(f"extra keys {sorted(clash)} would overwrite the model record")
+    record.update(to_plain(extra, "extra"))
+    return atomic_torch_save(record, path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely (weights_only) with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint: truncated, corrupt or not a "
+                              f"PyTorch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = " (it looks like a bare state dict: build the Model from its YAML and load_state_dict it)" if (
+            isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())) else ""
+        raise CheckpointError(f"{path} is not a checkpoint of this project{hint}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {missing}")
+    return ckpt
+
+
+def model_from_record(ckpt: dict, source: str = "checkpoint"):
+    """Rebuild the model a checkpoint dict describes (folded first when the weights are folded)."""
+    from models.yolo import Model
+
+    model = Model(ckpt["yaml"])
+    if ckpt["folded"]:
+        model.fuse()
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not match the model its YAML builds: {e}") from None
+    model.names = list(ckpt.get("names") or model.names)
+    return model
+
+
+def load_model(path: str | Path, device="cpu", fuse: bool = False):
+    """Model from a checkpoint file, in eval mode on ``device``; ``fuse=True`` folds it for deployment."""
+    model = model_from_record(read_checkpoint(path), str(path)).to(device).eval()
+    return model.fuse() if fuse else model
