@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_reparam.py [--imgsz 640] [--runs 30] [--warmup 5] [--threads N] [--device cpu|cuda] [--out FILE]
+    python benchmarks/bench_reparam.py [--imgsz 640] [--runs 50] [--block-runs 30] [--warmup 5] [--threads N] [--device cpu|cuda] [--out FILE]
 
 Prints two markdown tables (progress goes to stderr):
 
@@ -11,8 +11,8 @@ Prints two markdown tables (progress goes to stderr):
    difference between the two outputs. BatchNorm statistics and affine parameters are randomised with a
    fixed seed first, so folding has non-trivial statistics to absorb.
 2. Blocks (64->64, k=3, s=1, input 8x64x80x80, training mode): median training-step time (forward, loss,
-   backward, SGD step), activation memory saved for backward and parameter count; on CUDA also the
-   allocator peak of one step. Ratios are relative to ``Conv``.
+   backward, SGD step; the three blocks are stepped round-robin), activation memory saved for backward and parameter count; on CUDA also the
+   allocator peak of one step above the memory resident before it. Ratios are relative to ``Conv``.
 """
 from __future__ import annotations
 
@@ -53,15 +53,13 @@ MIB = 2**20
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--imgsz", type=int, default=640, help="square input size of the model benchmark")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per model (median reported)")
-    p.add_argument("--block-runs", type=int, default=None, help="timed training steps per block (default: --runs)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model (median reported)")
+    p.add_argument("--block-runs", type=int, default=30, help="timed training steps per block (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's current)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown output here")
     args = p.parse_args(argv)
-    if args.block_runs is None:
-        args.block_runs = args.runs
     if min(args.runs, args.block_runs) < 1 or args.warmup < 0:
         p.error("--runs/--block-runs must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -78,6 +76,30 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_times() -> tuple[float, float, float, float] | None:
+    """(busy, steal, total, own) CPU seconds: /proc/stat's aggregate line, then this process's; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    v += [0] * (8 - len(v))  # user nice system idle iowait irq softirq steal
+    own = sum(os.times()[:2])
+    return (sum(v) - v[3] - v[4]) / tick, v[7] / tick, sum(v) / tick, own
+
+
+def noise_note(start) -> str:
+    """How much of the machine other processes and other VMs (steal) took while the benchmark ran."""
+    end = cpu_times()
+    if start is None or end is None or end[2] <= start[2]:
+        return ""
+    busy, steal, total, own = (e - s for e, s in zip(end, start))
+    others = max(busy - steal - own, 0.0)
+    return (f"Noise during the run: other processes used {100 * others / total:.0f}% of all cores' time, "
+            f"hypervisor steal {100 * steal / total:.0f}%")
 
 
 def machine_line(device: torch.device) -> str:
@@ -100,6 +122,18 @@ def timed(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fns, runs: int, warmup: int, device: torch.device) -> list[tuple[float, float]]:
+    """(median, min) ms of each function, called round-robin so host noise and drift hit all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, t in zip(fns, times):
+            t.append(timed(fn, device))
+    return [(statistics.median(t), min(t)) for t in times]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -136,17 +170,6 @@ def max_abs_diff(a, b) -> tuple[float, float]:
     return decoded, raw
 
 
-def time_pair(f1, f2, runs: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Median ms of ``f1`` and ``f2``, called alternately so drift affects both equally."""
-    for _ in range(warmup):
-        f1(), f2()
-    t1, t2 = [], []
-    for _ in range(runs):
-        t1.append(timed(f1, device))
-        t2.append(timed(f2, device))
-    return statistics.median(t1), statistics.median(t2)
-
-
 def bench_model(cfg: str, args, device: torch.device) -> list[str]:
     torch.manual_seed(SEED)
     unfolded = Model(f"{cfg}.yaml").eval()
@@ -158,15 +181,15 @@ def bench_model(cfg: str, args, device: torch.device) -> list[str]:
     g0, g1 = count_flops(unfolded, args.imgsz) / 1e9, count_flops(folded, args.imgsz) / 1e9
     with torch.inference_mode():
         d_dec, d_raw = max_abs_diff(unfolded(x), folded(x))
-        ms0, ms1 = time_pair(lambda: unfolded(x), lambda: folded(x), args.runs, args.warmup, device)
+        (ms0, min0), (ms1, min1) = time_interleaved([lambda: unfolded(x), lambda: folded(x)], args.runs, args.warmup, device)
     LOG.info(f"{cfg}: {ms0:.1f} ms -> {ms1:.1f} ms, max|diff| {d_dec:.2e}")
-    return [cfg, f"{p0:,}", f"{p1:,}", f"{g0:.1f}", f"{g1:.1f}", f"{ms0:.1f}", f"{ms1:.1f}",
+    return [cfg, f"{p0:,}", f"{p1:,}", f"{g0:.1f}", f"{g1:.1f}", f"{ms0:.1f} / {min0:.1f}", f"{ms1:.1f} / {min1:.1f}",
             f"{ms0 / ms1:.2f}x", f"{d_dec:.1e}", f"{d_raw:.1e}"]
 
 
 def models_table(args, device: torch.device) -> str:
-    header = ["model", "params", "params fused", "GFLOPs", "GFLOPs fused", "ms", "ms fused",
-              "speedup", "max abs diff (decoded)", "max abs diff (raw)"]
+    header = ["model", "params", "params fused", "GFLOPs", "GFLOPs fused", "ms (median / min)", "ms fused (median / min)",
+              "speedup (median)", "max abs diff (decoded)", "max abs diff (raw)"]
     return markdown_table(header, [bench_model(cfg, args, device) for cfg in MODELS])
 
 
@@ -200,39 +223,48 @@ def train_step(block: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) ->
 
 
 def cuda_step_peak(block, opt, x, device: torch.device) -> float:
-    """Allocator peak (MiB) of one training step, everything already resident included."""
+    """Allocator peak (MiB) of one training step above what was resident before it (weights, input, ...)."""
+    opt.zero_grad(set_to_none=True)
     sync(device)
+    base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     train_step(block, opt, x)
     sync(device)
-    return torch.cuda.max_memory_allocated(device) / MIB
+    return (torch.cuda.max_memory_allocated(device) - base) / MIB
 
 
-def bench_block(name: str, args, device: torch.device) -> dict:
+def make_block(name: str, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(SEED)
     block = BLOCKS[name]().to(device).train()
-    opt = torch.optim.SGD(block.parameters(), lr=1e-3, momentum=0.9)
+    return block, torch.optim.SGD(block.parameters(), lr=1e-3, momentum=0.9)
+
+
+def bench_blocks(args, device: torch.device) -> list[dict]:
+    """Training-step medians (blocks stepped round-robin), saved activations, parameters, CUDA peak."""
     x = torch.randn(*BLOCK_INPUT, generator=torch.Generator().manual_seed(SEED)).to(device)
-    for _ in range(args.warmup):
-        train_step(block, opt, x)
-    ms = statistics.median(timed(lambda: train_step(block, opt, x), device) for _ in range(args.block_runs))
-    res = {"name": name, "ms": ms, "act": saved_activation_bytes(block, x) / MIB, "params": count_parameters(block)}
-    if device.type == "cuda":
-        res["peak"] = cuda_step_peak(block, opt, x, device)
-    LOG.info(f"{name}: {ms:.1f} ms/step, {res['act']:.1f} MiB saved for backward")
-    return res
+    setups = {name: make_block(name, device) for name in BLOCKS}
+    steps = [lambda b=b, o=o: train_step(b, o, x) for b, o in setups.values()]
+    medians = time_interleaved(steps, args.block_runs, args.warmup, device)
+    results = []
+    for (name, (block, opt)), (ms, ms_min) in zip(setups.items(), medians):
+        res = {"name": name, "ms": ms, "ms_min": ms_min, "act": saved_activation_bytes(block, x) / MIB, "params": count_parameters(block)}
+        if device.type == "cuda":
+            res["peak"] = cuda_step_peak(block, opt, x, device)
+        LOG.info(f"{name}: {ms:.1f} ms/step, {res['act']:.1f} MiB saved for backward")
+        results.append(res)
+    return results
 
 
 def blocks_table(args, device: torch.device) -> str:
-    results = [bench_block(name, args, device) for name in BLOCKS]
+    results = bench_blocks(args, device)
     ref = results[0]
-    header = ["block", "train step ms", "vs Conv", "activation memory saved for backward (MiB)", "vs Conv",
+    header = ["block", "train step ms (median / min)", "vs Conv (median)", "activation memory saved for backward (MiB)", "vs Conv",
               "params", "vs Conv"]
     if device.type == "cuda":
-        header += ["CUDA peak (MiB)", "vs Conv"]
+        header += ["CUDA step peak over resident (MiB)", "vs Conv"]
     rows = []
     for r in results:
-        row = [r["name"], f"{r['ms']:.1f}", f"{r['ms'] / ref['ms']:.2f}x", f"{r['act']:.1f}",
+        row = [r["name"], f"{r['ms']:.1f} / {r['ms_min']:.1f}", f"{r['ms'] / ref['ms']:.2f}x", f"{r['act']:.1f}",
                f"{r['act'] / ref['act']:.2f}x", f"{r['params']:,}", f"{r['params'] / ref['params']:.2f}x"]
         if device.type == "cuda":
             row += [f"{r['peak']:.1f}", f"{r['peak'] / ref['peak']:.2f}x"]
@@ -251,7 +283,7 @@ def main(argv=None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    t0 = time.perf_counter()
+    t0, jiffies = time.perf_counter(), cpu_times()
     sections = [
         machine_line(device),
         f"### Models ({args.imgsz}x{args.imgsz}, batch 1, eval, inference_mode; median of {args.runs} runs after {args.warmup} warmup)",
@@ -260,6 +292,9 @@ def main(argv=None) -> str:
         f"median of {args.block_runs} steps after {args.warmup} warmup)",
         blocks_table(args, device),
     ]
+    note = noise_note(jiffies)
+    if note:
+        sections.insert(1, note)
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.out:

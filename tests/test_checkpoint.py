@@ -25,11 +25,12 @@ def outputs(model, x):
 
 def test_round_trip_training_form(tmp_path, orepa_model):
     x = torch.rand(1, 3, 96, 64)
-    opt = argparse.Namespace(epochs=np.int64(3), lr=np.float32(0.01), save_dir=Path("runs/x"))
+    opt = argparse.Namespace(epochs=np.int64(3), lr=np.float32(0.01), momentum=np.float64(0.9), save_dir=Path("runs/x"))
     path = save_checkpoint(tmp_path / "last.pt", orepa_model, epoch=2, opt=opt, hist=np.arange(3))
     raw = torch.load(path, weights_only=True)  # no pickled classes inside
     assert raw["folded"] is False and raw["epoch"] == 2 and raw["nc"] == 3
-    assert raw["opt"] == {"epochs": 3, "lr": pytest.approx(0.01), "save_dir": "runs/x"}
+    assert raw["opt"] == {"epochs": 3, "lr": pytest.approx(0.01), "momentum": 0.9, "save_dir": "runs/x"}
+    assert type(raw["opt"]["momentum"]) is float
     assert torch.equal(raw["hist"], torch.arange(3))
     model = load_model(path)
     assert not model.is_folded and not model.training

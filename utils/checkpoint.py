@@ -31,10 +31,10 @@ def to_plain(obj, where: str = "checkpoint"):
 
     Namespaces become dicts, paths strings, numpy scalars Python numbers and numpy arrays tensors.
     """
+    if isinstance(obj, np.generic):  # first: np.float64 subclasses float but pickles as a numpy global
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
     if isinstance(obj, Path):
@@ -134,3 +134,63 @@ def load_model(path: str | Path, device="cpu", fuse: bool = False):
     """Model from a checkpoint file, in eval mode on ``device``; ``fuse=True`` folds it for deployment."""
     model = model_from_record(read_checkpoint(path), str(path)).to(device).eval()
     return model.fuse() if fuse else model
+
+
+def _state_dict_from_file(path: Path) -> tuple[dict, bool]:
+    """(state dict, folded) from one of our checkpoints or a plain YOLOv5-style state dict file."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects (e.g. an official YOLOv5 .pt with a whole nn.Module inside), "
+            "which are not loaded because they can run code. Convert it once where YOLOv5 is installed: "
+            "torch.save(torch.load('yolov5s.pt', weights_only=False)['model'].float().state_dict(), 'yolov5s_state_dict.pt')"
+        ) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj["state_dict"], bool(obj.get("folded"))
+    for key in ("state_dict", "model", "ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, False
+    raise CheckpointError(f"{path} holds neither a checkpoint of this project nor a state dict")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = ()) -> int:
+    """Copy every tensor of ``path`` whose name and shape match ``model`` (transfer learning).
+
+    Reports what was transferred and what was not; returns the number of tensors loaded.
+    """
+    from utils.general import LOGGER
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights not found: {path}")
+    state, folded = _state_dict_from_file(path)
+    if folded:
+        raise CheckpointError(f"{path} is folded (deployment form) and cannot be trained: use the unfolded checkpoint")
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items()
+               if k in own and v.shape == own[k].shape and not any(x in k for x in exclude)}
+    model.load_state_dict(matched, strict=False)
+    skipped = sorted(set(own) - set(matched))
+    LOGGER.info(f"Transferred {len(matched)}/{len(own)} items from {path}")
+    if skipped:
+        shown = ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
+        LOGGER.warning(f"{len(skipped)} model tensors not in {path.name} (or of another shape), left as initialised: {shown}")
+    return len(matched)
+
+
+TRAINING_ONLY_KEYS = ("optimizer", "scaler", "train_state_dict")
+
+
+def strip_checkpoint(path: str | Path) -> Path:
+    """Drop optimizer and other resume-only state from a finished run's checkpoint (atomic rewrite)."""
+    ckpt = read_checkpoint(path)
+    for k in TRAINING_ONLY_KEYS:
+        ckpt.pop(k, None)
+    ckpt["final"] = True
+    return atomic_torch_save(ckpt, path)

@@ -71,3 +71,121 @@ def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(rand(0.5, 1.5))
                 m.bias.copy_(rand(-0.3, 0.3))
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Training helpers
+# ---------------------------------------------------------------------------------------------
+
+def select_device(device: str = "", batch_size: int = 0) -> torch.device:
+    """'cpu', '' (first CUDA device if any), '0' or '0,1,2' (CUDA ids). Unknown values are an error."""
+    import os
+
+    spec = str(device).strip().lower().replace("cuda:", "").replace(" ", "")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec and not all(part.isdigit() for part in spec.split(",")):
+        raise ValueError(f"--device {device!r}: expected 'cpu', '' or CUDA ids like '0' or '0,1'")
+    if spec:
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device!r} requested but CUDA is not available (use --device cpu)")
+        ids = [int(x) for x in spec.split(",")]
+        bad = [i for i in ids if i >= torch.cuda.device_count()]
+        if bad:
+            raise ValueError(f"--device {device!r}: CUDA device(s) {bad} do not exist ({torch.cuda.device_count()} visible)")
+        if len(ids) > 1 and batch_size and batch_size % len(ids):
+            raise ValueError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} devices")
+        local_rank = int(os.environ.get("LOCAL_RANK", -1))
+        return torch.device("cuda", ids[local_rank] if 0 <= local_rank < len(ids) else ids[0])
+    return torch.device("cuda", max(int(os.environ.get("LOCAL_RANK", 0)), 0)) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed every RNG; with ``deterministic`` also force deterministic kernels."""
+    import os
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def de_parallel(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / DataParallel."""
+    return model.module if isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+class ModelEMA:
+    """Exponential moving average of a model's state (YOLOv5): decay ramps up as 1 - exp(-updates / tau)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+        import copy
+
+        self.ema = copy.deepcopy(de_parallel(model)).eval()
+        self.updates = updates
+        self.decay_max, self.tau = decay, tau
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    def decay(self) -> float:
+        import math
+
+        return self.decay_max * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay()
+        msd = de_parallel(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            else:  # integer buffers (num_batches_tracked) follow the model
+                v.copy_(msd[k])
+
+
+def smart_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.001, momentum: float = 0.9, decay: float = 1e-5):
+    """Three parameter groups (YOLOv5): weights with decay, BatchNorm weights and biases without."""
+    decayed, bn_weights, biases = [], [], []
+    bn_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
+    for module in model.modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if p_name == "bias":
+                biases.append(p)
+            elif p_name == "weight" and isinstance(module, bn_types):
+                bn_weights.append(p)
+            else:
+                decayed.append(p)
+    if name == "Adam":
+        optimizer = torch.optim.Adam(bn_weights, lr=lr, betas=(momentum, 0.999))
+    elif name == "AdamW":
+        optimizer = torch.optim.AdamW(bn_weights, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    elif name == "SGD":
+        optimizer = torch.optim.SGD(bn_weights, lr=lr, momentum=momentum, nesterov=True)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: use SGD, Adam or AdamW")
+    optimizer.add_param_group({"params": decayed, "weight_decay": decay})
+    optimizer.add_param_group({"params": biases, "weight_decay": 0.0})
+    return optimizer
+
+
+class EarlyStopping:
+    """Stop when fitness has not improved for ``patience`` epochs (0 disables)."""
+
+    def __init__(self, patience: int = 30):
+        self.best_fitness, self.best_epoch = 0.0, 0
+        self.patience = patience if patience > 0 else float("inf")
+
+    def __call__(self, epoch: int, fitness: float) -> bool:
+        if fitness >= self.best_fitness:
+            self.best_epoch, self.best_fitness = epoch, fitness
+        return epoch - self.best_epoch >= self.patience

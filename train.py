@@ -1,0 +1,177 @@
+"""Train a detector on a YOLO-format dataset.
+
+    python train.py                                   # embedded default: yolov5s_RepVGG on generated shapes
+    python train.py --cfg yolov5s_RepVGG.yaml --data their_data.yaml --epochs 100 --imgsz 640
+    python -m torch.distributed.run --nproc_per_node 2 train.py --data their_data.yaml --device 0,1
+    python train.py --resume                          # continue the most recent run
+
+``run(**kwargs)`` takes the same options as the command line and returns the final metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from utils.checkpoint import CheckpointError, read_checkpoint
+from utils.dataset_config import check_dataset
+from utils.general import LOGGER, ROOT, TrainingDiverged, increment_path, load_yaml, setup_logging
+from utils.torch_utils import init_seeds, select_device
+
+DEFAULT_CFG = "yolov5s_RepVGG.yaml"
+DEFAULT_DATA = ROOT / "data/shapes.yaml"
+DEFAULT_HYP = ROOT / "data/hyps/hyp.scratch-low.yaml"
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a YOLO detector (plain, RepVGG or OREPA configs).")
+    p.add_argument("--weights", type=str, default="", help="initial weights: a checkpoint of ours or a YOLOv5 v7.0 state dict")
+    p.add_argument("--cfg", type=str, default="", help=f"model YAML (path or bare name; default {DEFAULT_CFG})")
+    p.add_argument("--data", type=str, default=str(DEFAULT_DATA), help="dataset YAML")
+    p.add_argument("--hyp", type=str, default=str(DEFAULT_HYP), help="hyperparameters YAML")
+    p.add_argument("--epochs", type=int, default=None, help="default: the data YAML's 'epochs', else 100")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None, help="train/val size (default: data YAML's 'imgsz', else 640)")
+    p.add_argument("--rect", action="store_true", help="rectangular training batches")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent run, or the given last.pt")
+    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate the final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument("--cache", nargs="?", const="ram", default=None, choices=("ram", "disk"), help="cache images in ram (default) or disk")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm, DDP only")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process in DDP)")
+    p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
+    p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly reproducible runs)")
+    opt = p.parse_args(argv)
+    check_options(p, opt)
+    return opt
+
+
+def check_options(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
+    """Reject values argparse accepts but training cannot use, with the flag's name."""
+    if opt.epochs is not None and opt.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {opt.epochs}")
+    if opt.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {opt.batch_size}")
+    if opt.imgsz is not None and opt.imgsz < 32:
+        parser.error(f"--imgsz must be >= 32, got {opt.imgsz}")
+    if not 0.0 <= opt.label_smoothing < 1.0:
+        parser.error(f"--label-smoothing must be in [0, 1), got {opt.label_smoothing}")
+    if opt.workers < 0:
+        parser.error(f"--workers must be >= 0, got {opt.workers}")
+
+
+def latest_run(search_dir: str | Path) -> Path:
+    runs = sorted(Path(search_dir).rglob("last*.pt"), key=os.path.getmtime)
+    if not runs:
+        raise FileNotFoundError(f"--resume: no last.pt found under {search_dir}; pass the checkpoint path")
+    return runs[-1]
+
+
+def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
+    """Options and checkpoint of the run to continue: the saved options, same folder."""
+    last = Path(opt.resume) if isinstance(opt.resume, str) else latest_run(opt.project)
+    ckpt = read_checkpoint(last)
+    if ckpt.get("final") or "optimizer" not in ckpt:
+        raise CheckpointError(f"{last} is from a finished run (optimizer state stripped): nothing to resume")
+    saved = argparse.Namespace(**ckpt["opt"])
+    saved.resume, saved.weights = str(last), str(last)
+    if opt.device:  # the hardware may differ from the original run's
+        saved.device = opt.device
+    return saved, ckpt
+
+
+def prepare(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict, dict | None]:
+    """Resolve defaults, resume state, hyperparameters, dataset and the run folder."""
+    ckpt = None
+    if opt.resume:
+        opt, ckpt = resolve_resume(opt)
+    data = check_dataset(opt.data)
+    if opt.imgsz is None:
+        opt.imgsz = int(data.get("imgsz", 640))
+    if opt.epochs is None:
+        opt.epochs = int(data.get("epochs", 100))
+    if not opt.cfg and not opt.weights:
+        opt.cfg = DEFAULT_CFG
+    if not opt.cfg and ckpt is None:  # fine-tune one of our checkpoints: its own architecture
+        opt.cfg = read_checkpoint(opt.weights)["yaml"]
+    hyp = ckpt["hyp"] if ckpt is not None else load_yaml(opt.hyp)
+    missing = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "box", "cls", "obj", "anchor_t"} - set(hyp)
+    if missing:
+        raise ValueError(f"{opt.hyp} lacks hyperparameters {sorted(missing)}")
+    if ckpt is None:
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    return opt, hyp, data, ckpt
+
+
+def write_run_files(opt, hyp: dict) -> None:
+    save_dir = Path(opt.save_dir)
+    (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    with open(save_dir / "hyp.yaml", "w") as f:
+        yaml.safe_dump(hyp, f, sort_keys=False)
+    with open(save_dir / "opt.yaml", "w") as f:
+        yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}, f, sort_keys=False)
+
+
+def main(opt: argparse.Namespace):
+    from utils.trainer import Trainer  # heavy imports only when training
+
+    local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    rank = int(os.environ.get("RANK", -1))
+    setup_logging(verbose=rank in (-1, 0))
+    opt, hyp, data, ckpt = prepare(opt)
+    device = select_device(opt.device, opt.batch_size)
+    if local_rank != -1:
+        world = int(os.environ["WORLD_SIZE"])
+        if opt.batch_size % world:
+            raise ValueError(f"--batch-size {opt.batch_size} must be a multiple of the {world} DDP processes")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    try:
+        init_seeds(opt.seed + 1 + max(rank, 0), deterministic=opt.deterministic)
+        if rank in (-1, 0):
+            write_run_files(opt, hyp)
+        trainer = Trainer(opt, hyp, data, device, ckpt)
+        trainer.build()
+        return trainer.train()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(**kwargs):
+    """Python entry point: ``train.run(data='coco128.yaml', imgsz=320, epochs=1)``."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        if not hasattr(opt, k):
+            raise TypeError(f"run() got an unknown option {k!r}")
+        setattr(opt, k, v)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_opt())
+    except (CheckpointError, FileNotFoundError, ValueError, TrainingDiverged) as e:  # the message, no traceback
+        LOGGER.error(f"ERROR: {e}")
+        sys.exit(1)

@@ -1,0 +1,663 @@
+"""Detection dataset and loader (YOLOv5 v7.0 semantics): verified labels, mosaic, rect batches.
+
+* Every image/label pair is verified once; the result is cached as JSON beside the labels folder
+  (``<labels_dir>.labels-cache.json``; YOLOv5's pickled ``.cache`` is ignored) or, when that folder is
+  read-only, under ``~/.cache/yolo-reparam/``. The cache key hashes paths, sizes and mtimes.
+* Bad data never crashes training and is never used silently: unreadable images are skipped, bad
+  label lines dropped, duplicates removed, and one summary line reports the counts per kind.
+* Augmentation randomness comes from ``np.random.default_rng([seed, epoch, index])`` per sample, so
+  a batch depends only on (seed, epoch), not on worker count or scheduling.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections import Counter
+from functools import partial
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from utils.augmentations import AUG_DEFAULTS, augment_hsv, letterbox, mixup, random_perspective
+from utils.ops import xywhn2xyxy, xyxy2xywhn
+from utils.general import LOGGER
+
+IMG_FORMATS = ("bmp", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp")
+CACHE_VERSION = 1
+CACHE_SUFFIX = ".labels-cache.json"
+COORD_TOL = 1e-3  # normalized coordinates this far outside 0..1 are clipped; further out, the line is dropped
+MIN_SIZE = 10  # pixels; smaller images are skipped
+NUM_THREADS = max(1, min(8, os.cpu_count() or 1))
+MAX_LOGGED_PROBLEMS = 5  # per-file problems shown at warning level; all of them go to debug
+
+# problem kinds -> wording in the summary. Image-level kinds skip the image; line-level kinds drop a line.
+IMAGE_PROBLEMS = {"corrupt": ("corrupt image",), "not_image": ("non-image file",),
+                  "too_small": ("image under 10 px", "images under 10 px"), "not_found": ("missing image file",)}
+LINE_PROBLEMS = {"columns": "wrong column count", "not_number": "non-numeric value",
+                 "class_not_int": "class not an integer", "class_range": "class out of range",
+                 "coords": "coordinates outside 0..1", "size": "non-positive width/height"}
+
+
+def fallback_cache_dir() -> Path:
+    """Where caches go when the dataset folder is read-only (looked up per call: HOME may change)."""
+    return Path.home() / ".cache" / "yolo-reparam"
+
+
+def writable_dir(d: Path) -> bool:
+    """A folder we may write caches into. Mode bits that grant write to nobody (a shared, read-only
+    dataset) count as read-only even for root, whom ``os.access`` would let through."""
+    try:
+        return os.access(d, os.W_OK) and bool(os.stat(d).st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def img2label_paths(img_paths: list[str]) -> list[str]:
+    """``.../images/x.jpg`` -> ``.../labels/x.txt`` (the last ``/images/`` only)."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return [sb.join(str(x).rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt" for x in img_paths]
+
+
+def list_image_files(path, prefix: str = "") -> list[str]:
+    """Image files from a folder (recursive), an image file, a ``.txt`` list, or a list of those.
+
+    Relative ``.txt`` entries are relative to the ``.txt``'s folder (``check_dataset`` expands a YAML's
+    ``.txt`` splits against the dataset root itself). Listed images that do not exist are kept here
+    and reported as 'image file not found' by the verification.
+    """
+    files: list[str] = []
+    for p in path if isinstance(path, (list, tuple)) else [path]:
+        p = Path(p)
+        if p.is_dir():
+            files += [str(f) for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS and f.is_file()]
+        elif p.suffix == ".txt" and p.is_file():
+            for line in p.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    q = Path(line.strip())
+                    files.append(os.path.normpath(q if q.is_absolute() else p.parent / q))
+        elif p.suffix[1:].lower() in IMG_FORMATS:
+            files.append(str(p))
+        else:
+            raise FileNotFoundError(f"{prefix}{p} does not exist (expected a folder, an image or a .txt list)")
+    return sorted(dict.fromkeys(files))
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification of one image/label pair (runs in a thread pool; returns plain JSON-able data)
+# ---------------------------------------------------------------------------------------------
+
+def _exif_size(im: Image.Image) -> tuple[int, int]:
+    """(w, h) as OpenCV will decode it: EXIF orientations 5-8 swap width and height."""
+    w, h = im.size
+    if (im.format or "").upper() in ("JPEG", "MPO") and im.getexif().get(0x0112) in (5, 6, 7, 8):
+        return h, w
+    return w, h
+
+
+def _jpeg_complete(path: str) -> bool:
+    """A whole JPEG ends with the end-of-image marker FFD9 (some writers add zero padding after it)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 64))
+        return f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+
+
+def verify_image(im_file: str) -> tuple[str | None, list[int] | None, str]:
+    """Return (problem kind or None, [w, h], message). PIL ``verify`` catches structural damage;
+    a truncated JPEG passes it, so the end-of-image marker is checked too."""
+    if not os.path.isfile(im_file):
+        return "not_found", None, "image file not found"
+    try:
+        with Image.open(im_file) as im:
+            im.verify()
+        with Image.open(im_file) as im:  # verify() leaves the object unusable: reopen for size/format
+            fmt, shape = (im.format or "").lower(), _exif_size(im)
+    except UnidentifiedImageError:
+        return "not_image", None, "not an image file"
+    except Exception as e:  # PIL raises many types for damaged files; any of them means 'do not train on it'
+        return "corrupt", None, f"corrupt image ({type(e).__name__}: {e})"
+    if fmt not in IMG_FORMATS:
+        return "not_image", None, f"unsupported image format {fmt!r}"
+    if fmt in ("jpeg", "mpo") and not _jpeg_complete(im_file):
+        return "corrupt", None, "corrupt JPEG (no end-of-image marker: truncated file)"
+    if min(shape) < MIN_SIZE:
+        return "too_small", None, f"image size {shape[0]}x{shape[1]} is under {MIN_SIZE} px"
+    return None, list(shape), ""
+
+
+def _parse_line(parts: list[str], nc: int | None):
+    """One label line -> (row [cls, x, y, w, h] or None, problem kind or None, flags set)."""
+    n = len(parts)
+    if not (n == 5 or (n >= 7 and n % 2 == 1)):  # a box, or class + >= 3 polygon points
+        return None, "columns", set()
+    try:
+        vals = np.array([float(p) for p in parts], dtype=np.float64)
+    except ValueError:
+        return None, "not_number", set()
+    if not np.isfinite(vals).all():
+        return None, "not_number", set()
+    c, xy = vals[0], vals[1:]
+    if c != int(c):
+        return None, "class_not_int", set()
+    if c < 0 or (nc is not None and c >= nc):
+        return None, "class_range", set()
+    if ((xy < -COORD_TOL) | (xy > 1 + COORD_TOL)).any():
+        return None, "coords", set()
+    flags = {"clipped"} if ((xy < 0) | (xy > 1)).any() else set()
+    xy = xy.clip(0, 1)  # within tolerance: rounding noise from the exporting tool
+    if n > 5:  # polygon -> its bounding box
+        flags.add("polygon")
+        xs, ys = xy[0::2], xy[1::2]
+        xy = np.array([(xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2, xs.max() - xs.min(), ys.max() - ys.min()])
+    if xy[2] <= 0 or xy[3] <= 0:
+        return None, "size", set()
+    return [c, *xy], None, flags
+
+
+def parse_label_file(lb_file: str, nc: int | None):
+    """Return (rows as float32 lists, counts, problem messages) for one label file."""
+    counts: Counter = Counter()
+    problems: list[str] = []
+    if not os.path.isfile(lb_file):
+        counts["missing"] += 1
+        return [], counts, problems
+    with open(lb_file, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    rows, seen = [], set()
+    for ln, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        row, kind, flags = _parse_line(parts, nc)
+        if kind:
+            counts[kind] += 1
+            problems.append(f"{lb_file}:{ln}: {LINE_PROBLEMS[kind]}: {line.strip()[:80]!r}")
+            continue
+        counts.update(flags)
+        row = np.array(row, dtype=np.float32).tolist()  # float32 first: duplicates compare as stored
+        if tuple(row) in seen:
+            counts["duplicates"] += 1  # exact repeat: removing it loses nothing
+            problems.append(f"{lb_file}:{ln}: duplicate row removed")
+            continue
+        seen.add(tuple(row))
+        rows.append(row)
+    if not any(line.split() for line in lines):
+        counts["empty"] += 1
+    return rows, counts, problems
+
+
+def verify_image_label(args) -> dict:
+    """Verify one pair; the image is skipped on an image problem, bad label lines are dropped."""
+    im_file, lb_file, nc = args
+    kind, shape, msg = verify_image(im_file)
+    if kind:
+        return {"im_file": im_file, "status": kind, "shape": None, "labels": [], "counts": {kind: 1},
+                "problems": [f"{im_file}: {msg}; skipped"]}
+    rows, counts, problems = parse_label_file(lb_file, nc)
+    return {"im_file": im_file, "status": "ok", "shape": shape, "labels": rows, "counts": dict(counts),
+            "problems": problems}
+
+
+# ---------------------------------------------------------------------------------------------
+# Label cache
+# ---------------------------------------------------------------------------------------------
+
+def _files_hash(im_files: list[str], lb_files: list[str], nc: int | None) -> str:
+    """Hash of paths, sizes and mtimes (and nc, which decides 'class out of range')."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, nc]).encode())
+    for f in (*im_files, *lb_files):
+        try:
+            st = os.stat(f)
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def label_cache_paths(lb_files: list[str]) -> tuple[Path, Path]:
+    """(beside the labels folder, fallback under the user cache dir named by a hash of that folder)."""
+    lb_dir = Path(lb_files[0]).parent.resolve()
+    fallback = fallback_cache_dir() / f"{_short_hash(str(lb_dir))}{CACHE_SUFFIX}"
+    return lb_dir.parent / f"{lb_dir.name}{CACHE_SUFFIX}", fallback
+
+
+def _read_cache(paths: tuple[Path, ...], key: str) -> tuple[dict | None, Path | None]:
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue  # absent, unreadable or half-written: scan again
+        if isinstance(data, dict) and data.get("version") == CACHE_VERSION and data.get("hash") == key:
+            return data, p
+    return None, None
+
+
+def _write_json(data: dict, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_cache(data: dict, primary: Path, fallback: Path, prefix: str) -> Path | None:
+    """Write beside the labels; if that folder is read-only, under the fallback dir (and say so)."""
+    try:
+        if not writable_dir(primary.parent):
+            raise PermissionError(f"{primary.parent} is not writable")
+        _write_json(data, primary)
+        LOGGER.info(f"{prefix}New label cache created: {primary}")
+        return primary
+    except OSError as e:
+        reason = e
+    try:
+        _write_json(data, fallback)
+        LOGGER.info(f"{prefix}Cannot write {primary} ({reason}); label cache written to {fallback}")
+        return fallback
+    except OSError as e:
+        LOGGER.warning(f"{prefix}Label cache not saved ({reason}; {e}): labels will be verified again next time")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+def _n(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def summarize(stats: dict, prefix: str = "") -> tuple[str, bool]:
+    """One line with the counts per kind; the flag says whether anything was wrong with the data."""
+    s = Counter(stats)
+    parts = [_n(s["images"], "image"), _n(s["boxes"], "box", "boxes"), _n(s["backgrounds"], "background")]
+    if s["missing"] or s["empty"]:
+        parts[-1] += f" ({_n(s['missing'], 'missing label file')}, {s['empty']} empty)"
+    skipped = [_n(s[k], *IMAGE_PROBLEMS[k]) for k in IMAGE_PROBLEMS if s[k]]
+    if skipped:
+        parts.append(", ".join(skipped) + " skipped")
+    bad = sum(s[k] for k in LINE_PROBLEMS)
+    if bad:
+        kinds = ", ".join(f"{s[k]} {w}" for k, w in LINE_PROBLEMS.items() if s[k])
+        parts.append(f"{_n(bad, 'bad line')} dropped ({kinds})")
+    if s["duplicates"]:
+        parts.append(f"{_n(s['duplicates'], 'duplicate row')} removed")
+    if s["polygon"]:
+        parts.append(f"{_n(s['polygon'], 'polygon')} converted to boxes")
+    if s["clipped"]:
+        parts.append(f"{_n(s['clipped'], 'line')} clipped to 0..1")
+    wrong = bool(skipped or bad or s["duplicates"])
+    return prefix + ", ".join(parts), wrong
+
+
+STAT_KEYS = ("images", "boxes", "backgrounds", "missing", "empty", *IMAGE_PROBLEMS, *LINE_PROBLEMS,
+             "duplicates", "polygon", "clipped")
+
+
+def _aggregate(entries: list[dict]) -> dict:
+    stats: Counter = Counter(dict.fromkeys(STAT_KEYS, 0))  # every kind present, zeros included
+    for e in entries:
+        stats.update(e["counts"])
+        if e["status"] == "ok":
+            stats["images"] += 1
+            stats["boxes"] += len(e["labels"])
+            stats["backgrounds"] += not e["labels"]
+    return dict(stats)
+
+
+def _scan(im_files: list[str], lb_files: list[str], nc: int | None, desc: str) -> list[dict]:
+    """Verify all pairs with a thread pool (PIL and file I/O release the GIL)."""
+    jobs = [(im, lb, nc) for im, lb in zip(im_files, lb_files)]
+    with ThreadPool(NUM_THREADS) as pool:
+        return list(tqdm(pool.imap(verify_image_label, jobs), total=len(jobs), desc=desc, leave=False))
+
+
+def load_verified_labels(im_files: list[str], nc: int | None, prefix: str = "") -> dict:
+    """Cached verification of all pairs. Returns the cache dict plus 'from_cache' and 'cache_file'."""
+    lb_files = img2label_paths(im_files)
+    primary, fallback = label_cache_paths(lb_files)
+    key = _files_hash(im_files, lb_files, nc)
+    data, where = _read_cache((primary, fallback), key)
+    if data is not None:
+        LOGGER.info(f"{prefix}Using label cache {where}")
+        return {**data, "from_cache": True, "cache_file": str(where), "n_scanned": 0}
+    entries = _scan(im_files, lb_files, nc, f"{prefix}Scanning {primary.parent}")
+    data = {"version": CACHE_VERSION, "hash": key, "nc": nc, "entries": entries, "stats": _aggregate(entries)}
+    where = _write_cache(data, primary, fallback, prefix)
+    return {**data, "from_cache": False, "cache_file": str(where) if where else None, "n_scanned": len(entries)}
+
+
+def _report(stats: dict, entries: list[dict], prefix: str) -> None:
+    line, wrong = summarize(stats, prefix)
+    problems = [p for e in entries for p in e["problems"]]
+    for p in problems:
+        LOGGER.debug(f"{prefix}{p}")
+    if wrong:
+        LOGGER.warning(line)
+        for p in problems[:MAX_LOGGED_PROBLEMS]:
+            LOGGER.warning(f"{prefix}  {p}")
+        if len(problems) > MAX_LOGGED_PROBLEMS:
+            LOGGER.warning(f"{prefix}  ... {len(problems) - MAX_LOGGED_PROBLEMS} more (debug log / label cache)")
+    else:
+        LOGGER.info(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------------
+
+def _mosaic_placement(i: int, xc: int, yc: int, w: int, h: int, s: int):
+    """Where tile i (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) goes in the 2s x 2s
+    canvas (a) and which part of the image fills it (b); tiles meet at the centre (xc, yc)."""
+    if i == 0:
+        a = max(xc - w, 0), max(yc - h, 0), xc, yc
+        b = w - (a[2] - a[0]), h - (a[3] - a[1]), w, h
+    elif i == 1:
+        a = xc, max(yc - h, 0), min(xc + w, s * 2), yc
+        b = 0, h - (a[3] - a[1]), min(w, a[2] - a[0]), h
+    elif i == 2:
+        a = max(xc - w, 0), yc, xc, min(s * 2, yc + h)
+        b = w - (a[2] - a[0]), 0, w, min(a[3] - a[1], h)
+    else:
+        a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
+        b = 0, 0, min(w, a[2] - a[0]), min(a[3] - a[1], h)
+    return a, b
+
+
+class LoadImagesAndLabels(Dataset):
+    """YOLO-format detection dataset. ``__getitem__`` returns (uint8 CHW RGB tensor, (n, 6) labels
+    ``[0, cls, x, y, w, h]`` normalized, path, shapes) where shapes is None for mosaics and otherwise
+    ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` for mapping predictions back to the original."""
+
+    def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, cache=None,
+                 single_cls=False, stride=32, pad=0.0, prefix="", nc=None, seed=0):
+        if cache not in (None, False, "ram", "disk"):
+            raise ValueError(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+        self.img_size, self.augment, self.rect, self.stride = img_size, augment, rect, stride
+        self.hyp = {**AUG_DEFAULTS, **(hyp or {})}
+        self.mosaic = augment and not rect  # rect batches need each image at its own aspect ratio
+        self.mosaic_border = [-img_size // 2, -img_size // 2]
+        self.seed, self.epoch, self.prefix = int(seed), 0, prefix
+
+        im_files = list_image_files(path, prefix)
+        if not im_files:
+            raise FileNotFoundError(f"{prefix}No images found in {path}")
+        info = load_verified_labels(im_files, nc, prefix)
+        self.label_cache_used, self.label_cache_file, self.n_scanned = (
+            info["from_cache"], info["cache_file"], info["n_scanned"])
+        entries, self.stats = info["entries"], info["stats"]
+        self.problems = [p for e in entries for p in e["problems"]]
+        _report(self.stats, entries, prefix)
+        good = [e for e in entries if e["status"] == "ok"]
+        if not good:
+            raise ValueError(f"{prefix}No usable images in {path}: {summarize(self.stats)[0]}")
+
+        self.im_files = [e["im_file"] for e in good]
+        self.label_files = img2label_paths(self.im_files)
+        self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in good]
+        if single_cls:
+            for lb in self.labels:
+                lb[:, 0] = 0
+        self.shapes = np.array([e["shape"] for e in good], dtype=np.int64)  # (w, h) per image
+        self.batch = np.floor(np.arange(len(good)) / batch_size).astype(int)
+        self.batch_shapes = self._rect_shapes(pad) if rect else None
+
+        n = len(self.im_files)
+        self.ims: list[np.ndarray | None] = [None] * n
+        self.im_hw0: list = [None] * n
+        self.im_hw: list = [None] * n
+        self.npy_files: list[Path | None] = [None] * n
+        if cache:
+            self._cache_images(cache)
+
+    def __len__(self):
+        return len(self.im_files)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream; the loader forwards its epoch here."""
+        self.epoch = int(epoch)
+
+    def _rect_shapes(self, pad: float) -> np.ndarray:
+        """Sort by aspect ratio and give each batch the smallest stride-multiple (h, w) that fits it."""
+        ar = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
+        order = ar.argsort(kind="stable")
+        self.im_files = [self.im_files[i] for i in order]
+        self.label_files = [self.label_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, ar = self.shapes[order], ar[order]
+        nb = self.batch[-1] + 1
+        shapes = np.ones((nb, 2))
+        for i in range(nb):
+            ari = ar[self.batch == i]
+            if ari.max() < 1:
+                shapes[i] = [ari.max(), 1]  # all wide: full width, reduced height
+            elif ari.min() > 1:
+                shapes[i] = [1, 1 / ari.min()]  # all tall
+        return np.ceil(shapes * self.img_size / self.stride + pad).astype(int) * self.stride
+
+    # ----- image loading and caching -----
+
+    def load_image(self, i: int):
+        """Return (BGR image resized so its long side is img_size, (h0, w0), (h, w))."""
+        if self.ims[i] is not None:
+            return self.ims[i], self.im_hw0[i], self.im_hw[i]
+        npy = self.npy_files[i]
+        im = np.load(npy) if npy is not None else cv2.imread(self.im_files[i])
+        if im is None:
+            raise FileNotFoundError(f"{self.prefix}Image unreadable (changed since verification?): {self.im_files[i]}")
+        h0, w0 = im.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            # INTER_AREA is the better downscaler; training (augment) keeps YOLOv5's faster LINEAR
+            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
+            im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+        return im, (h0, w0), im.shape[:2]
+
+    def _npy_path(self, i: int) -> Path:
+        f = Path(self.im_files[i])
+        if writable_dir(f.parent):
+            return f.with_suffix(".npy")
+        return fallback_cache_dir() / "npy" / _short_hash(str(f.parent.resolve())) / f"{f.stem}.npy"
+
+    def _cache_disk_one(self, i: int) -> int:
+        """Save the decoded image as .npy once (rewritten when the image is newer); return its bytes."""
+        f, target = self.im_files[i], self._npy_path(i)
+        if not (target.is_file() and target.stat().st_mtime_ns >= os.stat(f).st_mtime_ns):
+            im = cv2.imread(f)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, im, allow_pickle=False)
+            except OSError:  # folder writable by mode bits but not really (read-only mount, quota)
+                target = fallback_cache_dir() / "npy" / _short_hash(str(Path(f).parent.resolve())) / target.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, im, allow_pickle=False)
+        self.npy_files[i] = target
+        return target.stat().st_size
+
+    def _cache_ram_one(self, i: int) -> int:
+        self.ims[i], self.im_hw0[i], self.im_hw[i] = self.load_image(i)
+        return self.ims[i].nbytes
+
+    def _ram_fits(self) -> bool:
+        r = self.img_size / self.shapes.max(1)
+        need = float((np.ceil(self.shapes[:, 0] * r) * np.ceil(self.shapes[:, 1] * r) * 3).sum()) * 1.1
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return True  # unknown platform: trust the user's choice
+        if need > avail:
+            LOGGER.warning(f"{self.prefix}cache='ram' needs {need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free: not caching")
+        return need <= avail
+
+    def _cache_images(self, cache: str) -> None:
+        if cache == "ram" and not self._ram_fits():
+            return
+        fn = self._cache_disk_one if cache == "disk" else self._cache_ram_one
+        with ThreadPool(NUM_THREADS) as pool:
+            total = sum(tqdm(pool.imap(fn, range(len(self))), total=len(self), leave=False,
+                             desc=f"{self.prefix}Caching images ({cache})"))
+        LOGGER.info(f"{self.prefix}Cached {len(self)} images ({total / 1e9:.2f} GB, {cache})")
+
+    # ----- samples -----
+
+    def load_mosaic(self, index: int, rng: np.random.Generator):
+        """4 images around a random centre in a 2s x 2s canvas, then random_perspective crops to s x s."""
+        s, hyp = self.img_size, self.hyp
+        yc, xc = (int(rng.uniform(-x, 2 * s + x)) for x in self.mosaic_border)
+        indices = rng.permutation([index, *rng.integers(0, len(self), size=3)])
+        img4 = np.full((s * 2, s * 2, 3), 114, dtype=np.uint8)
+        labels4 = []
+        for i, idx in enumerate(indices):
+            img, _, (h, w) = self.load_image(int(idx))
+            (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_placement(i, xc, yc, w, h, s)
+            img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+            labels = self.labels[idx].copy()
+            if labels.size:
+                labels[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h, x1a - x1b, y1a - y1b)
+            labels4.append(labels)
+        labels4 = np.concatenate(labels4, 0)
+        labels4[:, 1:] = labels4[:, 1:].clip(0, 2 * s)
+        return random_perspective(img4, labels4, degrees=hyp["degrees"], translate=hyp["translate"],
+                                  scale=hyp["scale"], shear=hyp["shear"], perspective=hyp["perspective"],
+                                  border=self.mosaic_border, rng=rng)
+
+    def _load_letterboxed(self, index: int, rng: np.random.Generator):
+        img, (h0, w0), (h, w) = self.load_image(index)
+        shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
+        img, ratio, pad = letterbox(img, tuple(int(x) for x in shape) if self.rect else shape,
+                                    auto=False, scaleup=self.augment)
+        shapes = (h0, w0), ((h / h0, w / w0), pad)
+        labels = self.labels[index].copy()
+        if labels.size:
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, padw=pad[0], padh=pad[1])
+        if self.augment:
+            hyp = self.hyp
+            img, labels = random_perspective(img, labels, degrees=hyp["degrees"], translate=hyp["translate"],
+                                             scale=hyp["scale"], shear=hyp["shear"],
+                                             perspective=hyp["perspective"], rng=rng)
+        return img, labels, shapes
+
+    def _color_and_flip(self, img, labels, rng: np.random.Generator):
+        hyp = self.hyp
+        augment_hsv(img, hgain=hyp["hsv_h"], sgain=hyp["hsv_s"], vgain=hyp["hsv_v"], rng=rng)
+        if rng.random() < hyp["flipud"]:
+            img = np.flipud(img)
+            labels[:, 2] = 1 - labels[:, 2]
+        if rng.random() < hyp["fliplr"]:
+            img = np.fliplr(img)
+            labels[:, 1] = 1 - labels[:, 1]
+        return img, labels
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])  # the sample's only randomness
+        if self.mosaic and rng.random() < self.hyp["mosaic"]:
+            img, labels = self.load_mosaic(index, rng)
+            shapes = None
+            if rng.random() < self.hyp["mixup"]:
+                img, labels = mixup(img, labels, *self.load_mosaic(int(rng.integers(len(self))), rng), rng=rng)
+        else:
+            img, labels, shapes = self._load_letterboxed(index, rng)
+        labels = labels.astype(np.float32)
+        if len(labels):
+            labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)
+        if self.augment:
+            img, labels = self._color_and_flip(img, labels, rng)
+        labels_out = torch.zeros((len(labels), 6))
+        if len(labels):
+            labels_out[:, 1:] = torch.from_numpy(np.ascontiguousarray(labels))
+        img = np.ascontiguousarray(img.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
+        return torch.from_numpy(img), labels_out, self.im_files[index], shapes
+
+    @staticmethod
+    def collate_fn(batch):
+        """Stack images; concatenate labels with column 0 = index of the image in the batch."""
+        im, labels, paths, shapes = zip(*batch)
+        for i, lb in enumerate(labels):
+            lb[:, 0] = i
+        return torch.stack(im, 0), torch.cat(labels, 0), paths, shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader
+# ---------------------------------------------------------------------------------------------
+
+class SeededSampler(Sampler):
+    """Single-process sampler; the shuffle order is a function of (seed, epoch) only."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+class EpochDataLoader(DataLoader):
+    """DataLoader whose ``set_epoch`` reaches both the sampler (order) and the dataset (augmentation).
+    Workers are not persistent, so each epoch's workers start from the dataset with the new epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+
+def seed_worker(worker_id: int, seed: int = 0) -> None:
+    """Seed the global RNGs of a worker (the dataset itself uses explicit generators; this covers
+    anything else) and keep OpenCV single-threaded inside workers (avoids oversubscription)."""
+    ws = (torch.initial_seed() + seed) % 2**32  # initial_seed: loader generator (seeded) + worker_id
+    np.random.seed(ws)
+    random.seed(ws)
+    torch.manual_seed(ws)
+    cv2.setNumThreads(0)
+
+
+def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=None,
+                      pad=0.0, rect=False, rank=-1, workers=8, prefix="", shuffle=False, seed=0, nc=None):
+    """Build (loader, dataset). ``batch_size`` is per process; call ``loader.set_epoch(e)`` each epoch."""
+    if rect and shuffle:
+        LOGGER.warning(f"{prefix}rect=True is incompatible with shuffle; using shuffle=False")
+        shuffle = False
+    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect, cache=cache,
+                                  single_cls=single_cls, stride=int(stride), pad=pad, prefix=prefix, nc=nc,
+                                  seed=seed)
+    batch_size = min(batch_size, len(dataset))
+    dist = torch.distributed
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(
+        os.environ.get("WORLD_SIZE", 1))
+    nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size, workers)
+    if rank != -1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    else:
+        sampler = SeededSampler(len(dataset), shuffle, seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    loader = EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
+                             pin_memory=torch.cuda.is_available(), collate_fn=LoadImagesAndLabels.collate_fn,
+                             worker_init_fn=partial(seed_worker, seed=seed), generator=generator,
+                             persistent_workers=False)
+    return loader, dataset

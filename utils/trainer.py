@@ -1,0 +1,333 @@
+"""The training loop behind train.py: one object, one method per stage.
+
+Single process or DDP (one process per device; ``torch.distributed.run`` sets RANK/WORLD_SIZE).
+Only rank 0 logs, validates, plots and saves. Checkpoints keep the EMA weights (what val, detect
+and export use) plus everything an exact resume needs: the raw model, optimizer, scaler, EMA
+update count, epoch and best fitness.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import val as validate
+from models.yolo import Model
+from utils.autoanchor import check_anchors
+from utils.checkpoint import load_pretrained, model_from_record, save_checkpoint, strip_checkpoint
+from utils.dataloaders import create_dataloader
+from utils.general import LOGGER, TrainingDiverged
+from utils.loss import ComputeLoss
+from utils.metrics import fitness
+from utils.plots import plot_images, plot_labels, plot_results
+from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, smart_optimizer
+
+NBS = 64  # nominal batch size: gradients accumulate up to it
+RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
+               "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
+               "x/lr0", "x/lr1", "x/lr2")
+
+
+def check_amp(model: nn.Module, device: torch.device) -> bool:
+    """Mixed precision only where it reproduces fp32 on this model and device (else fall back)."""
+    if device.type != "cuda":
+        return False
+    probe = deepcopy(de_parallel(model)).eval().to(device)
+    x = torch.rand(1, 3, 256, 256, device=device)
+    with torch.no_grad():
+        ref = probe(x)[0]
+        with torch.autocast("cuda"):
+            low = probe(x)[0].float()
+    ok = bool(torch.isfinite(low).all()) and torch.allclose(ref[..., 4:], low[..., 4:], atol=0.05)
+    if not ok:
+        LOGGER.warning("AMP check failed: autocast disagrees with fp32 on this device, training in fp32")
+    return ok
+
+
+class Trainer:
+    def __init__(self, opt, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None):
+        self.opt, self.hyp, self.data, self.device, self.ckpt = opt, dict(hyp), data, device, ckpt
+        self.rank = int(os.environ.get("RANK", -1))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.main = self.rank in (-1, 0)
+        self.save_dir = Path(opt.save_dir)
+        self.wdir = self.save_dir / "weights"
+        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
+        self.nc = 1 if opt.single_cls else int(data["nc"])
+        self.names = ["item"] if opt.single_cls and len(data["names"]) != 1 else list(data["names"])
+        self.start_epoch, self.best_fitness = 0, 0.0
+        self.tb = None
+
+    # ---- setup ----------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        opt = self.opt
+        if self.ckpt is not None:  # resume: the exact model, raw (non-EMA) weights
+            model = model_from_record(self.ckpt)
+            model.load_state_dict(self.ckpt["train_state_dict"])
+        else:
+            model = Model(opt.cfg, ch=3, nc=self.nc, anchors=self.hyp.get("anchors"))
+            if opt.weights:
+                exclude = ("anchors",) if opt.cfg or self.hyp.get("anchors") else ()
+                load_pretrained(model, opt.weights, exclude=exclude)
+        model.names = self.names
+        freeze = [f"model.{x}." for x in (opt.freeze if len(opt.freeze) > 1 else range(opt.freeze[0]))]
+        for k, p in model.named_parameters():
+            p.requires_grad = not any(k.startswith(f) for f in freeze)
+            if freeze and not p.requires_grad:
+                LOGGER.debug(f"freezing {k}")
+        return model.to(self.device)
+
+    def build(self) -> None:
+        opt, hyp = self.opt, self.hyp
+        self.model = self.build_model()
+        self.gs = max(int(self.model.stride.max()), 32)
+        self.imgsz = int(math.ceil(opt.imgsz / self.gs) * self.gs)
+        if self.imgsz != opt.imgsz:
+            LOGGER.warning(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}, using {self.imgsz}")
+        self.batch_size = opt.batch_size // self.world_size
+        self.accumulate = max(round(NBS / opt.batch_size), 1)
+        hyp["weight_decay"] *= opt.batch_size * self.accumulate / NBS
+        self.optimizer = smart_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+        if opt.cos_lr:
+            self.lf = lambda x: ((1 - math.cos(x * math.pi / opt.epochs)) / 2) * (hyp["lrf"] - 1) + 1
+        else:
+            self.lf = lambda x: (1 - x / opt.epochs) * (1.0 - hyp["lrf"]) + hyp["lrf"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(self.model) if self.main else None
+        self.amp = check_amp(self.model, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        if self.ckpt is not None:
+            self.restore(self.ckpt)
+        self.build_data()
+        self.wrap_distributed()
+        nl = de_parallel(self.model).model[-1].nl
+        hyp["box"] *= 3 / nl
+        hyp["cls"] *= self.nc / 80 * 3 / nl
+        hyp["obj"] *= (self.imgsz / 640) ** 2 * 3 / nl
+        hyp["label_smoothing"] = opt.label_smoothing
+        self.compute_loss = ComputeLoss(de_parallel(self.model), hyp)
+        self.stopper = EarlyStopping(patience=opt.patience)
+        self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue exactly where a checkpoint left off."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and self.amp:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(ckpt["state_dict"])
+            self.ema.updates = int(ckpt["ema_updates"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.best_fitness = float(ckpt.get("best_fitness", 0.0))
+        self.scheduler.last_epoch = self.start_epoch  # one scheduler step per finished epoch
+        LOGGER.info(f"Resuming training from {self.opt.resume} at epoch {self.start_epoch} of {self.opt.epochs}")
+
+    def build_data(self) -> None:
+        opt, data = self.opt, self.data
+        self.train_loader, self.dataset = create_dataloader(
+            data["train"], self.imgsz, self.batch_size, self.gs, opt.single_cls, hyp=self.hyp, augment=True,
+            cache=opt.cache, rect=opt.rect, rank=self.rank, workers=opt.workers, prefix="train: ", shuffle=True,
+            seed=opt.seed, nc=self.nc)
+        labels = np.concatenate(self.dataset.labels, 0) if len(self.dataset.labels) else np.zeros((0, 5))
+        if len(labels) and labels[:, 0].max() >= self.nc:
+            raise ValueError(f"label class {int(labels[:, 0].max())} exceeds nc={self.nc} in {opt.data}")
+        self.val_loader = None
+        if self.main:
+            self.val_loader = create_dataloader(
+                data["val"], self.imgsz, self.batch_size * 2, self.gs, opt.single_cls, hyp=self.hyp, cache=opt.cache,
+                rect=True, rank=-1, workers=opt.workers, pad=0.5, prefix="val: ", seed=opt.seed, nc=self.nc)[0]
+            if self.ckpt is None:
+                if not opt.noplots:
+                    plot_labels(labels, self.names, self.save_dir)
+                if not opt.noautoanchor:
+                    check_anchors(self.dataset, de_parallel(self.model), thr=self.hyp["anchor_t"], imgsz=self.imgsz, seed=opt.seed)
+                    self.ema.ema.load_state_dict(de_parallel(self.model).state_dict())  # anchors may have changed
+
+    def wrap_distributed(self) -> None:
+        if self.rank == -1:
+            return
+        if self.opt.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            LOGGER.info("Using SyncBatchNorm")
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+
+    # ---- training -------------------------------------------------------------------------
+    def warmup(self, ni: int, nw: int, epoch: int) -> None:
+        """Ramp accumulation, learning rates and momentum over the first ``nw`` iterations."""
+        xi = [0, nw]
+        self.accumulate = max(1, int(np.interp(ni, xi, [1, NBS / self.opt.batch_size]).round()))
+        for j, group in enumerate(self.optimizer.param_groups):
+            start = self.hyp["warmup_bias_lr"] if j == 2 else 0.0
+            group["lr"] = np.interp(ni, xi, [start, group["initial_lr"] * self.lf(epoch)])
+            if "momentum" in group:
+                group["momentum"] = np.interp(ni, xi, [self.hyp["warmup_momentum"], self.hyp["momentum"]])
+
+    def multi_scale(self, imgs: torch.Tensor, epoch: int, i: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.opt.seed, epoch, i, 7])  # reproducible across resume
+        sz = int(rng.integers(int(self.imgsz * 0.5), int(self.imgsz * 1.5) + self.gs)) // self.gs * self.gs
+        sf = sz / max(imgs.shape[2:])
+        if sf != 1:
+            ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
+            imgs = F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+        return imgs
+
+    def train_epoch(self, epoch: int, nw: int) -> torch.Tensor:
+        model, opt = self.model, self.opt
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        nb = len(self.train_loader)
+        mloss = torch.zeros(3, device=self.device)
+        self.optimizer.zero_grad()
+        last_step = epoch * nb - 1
+        bar = tqdm(enumerate(self.train_loader), total=nb, disable=not self.main,
+                   bar_format="{l_bar}{bar:10}{r_bar}")
+        for i, (imgs, targets, paths, _) in bar:
+            ni = i + nb * epoch
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255
+            if ni <= nw:
+                self.warmup(ni, nw, epoch)
+            if opt.multi_scale:
+                imgs = self.multi_scale(imgs, epoch, i)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                pred = model(imgs)
+                loss, loss_items = self.compute_loss(pred, targets.to(self.device))
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} ({len(targets)} targets; "
+                    f"box/obj/cls = {loss_items.tolist()}): check the learning rate, hyperparameters and labels. "
+                    f"{self.last.name} and {self.best.name} keep the last good epoch.")
+            if self.rank != -1:
+                loss = loss * self.world_size  # DDP averages gradients across processes
+            self.scaler.scale(loss).backward()
+            # step when enough gradient accumulated, and always at the epoch's end so a resume starts clean
+            if ni - last_step >= self.accumulate or i == nb - 1:
+                self.optimizer_step()
+                last_step = ni
+            mloss = (mloss * i + loss_items) / (i + 1)
+            if self.main:
+                mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
+                bar.set_description(("%11s" * 2 + "%11.4g" * 5) % (
+                    f"{epoch}/{opt.epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1]))
+                if ni < 3 and not opt.noplots:
+                    plot_images(imgs, targets, paths, self.save_dir / f"train_batch{ni}.jpg", self.names)
+        self.lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step()
+        return mloss
+
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def train(self) -> tuple:
+        opt = self.opt
+        nb = len(self.train_loader)
+        nw = max(round(self.hyp["warmup_epochs"] * nb), 100) if self.hyp["warmup_epochs"] > 0 else -1
+        results = (0, 0, 0, 0, 0, 0, 0)
+        if self.main:
+            self.start_logging()
+            LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nLogging results to {self.save_dir}\n"
+                        f"Starting training for {opt.epochs} epochs...")
+            LOGGER.info(("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
+        t0 = time.time()
+        for epoch in range(self.start_epoch, opt.epochs):
+            mloss = self.train_epoch(epoch, nw)
+            stop = False
+            if self.main:
+                final = epoch + 1 == opt.epochs
+                if not opt.noval or final:
+                    results, _, _ = validate.run(
+                        batch_size=self.batch_size * 2, imgsz=self.imgsz, half=self.amp, model=self.ema.ema,
+                        single_cls=opt.single_cls, dataloader=self.val_loader, save_dir=self.save_dir,
+                        plots=False, compute_loss=self.compute_loss, names=self.names)
+                fi = float(fitness(np.array(results).reshape(1, -1))[0])
+                stop = self.stopper(epoch, fi)
+                self.best_fitness = max(self.best_fitness, fi)
+                self.log_epoch(epoch, mloss, results)
+                if not opt.nosave or final:
+                    self.save(epoch, fi)
+            if self.rank != -1:  # every rank must agree on stopping
+                flag = [stop]
+                dist.broadcast_object_list(flag, 0)
+                stop = flag[0]
+            if stop:
+                LOGGER.info(f"Stopping early: no improvement for {opt.patience} epochs (best epoch {self.stopper.best_epoch})")
+                break
+        if self.main:
+            LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+            results = self.finish()
+        return results
+
+    # ---- outputs --------------------------------------------------------------------------
+    def start_logging(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.save_dir))
+        except ImportError:  # tensorboard is in requirements.txt; keep training if someone removed it
+            LOGGER.warning("tensorboard is not installed: no TensorBoard logs")
+        csv_file = self.save_dir / "results.csv"
+        if self.ckpt is not None and csv_file.exists():  # drop rows of epochs the checkpoint does not contain
+            rows = list(csv.reader(csv_file.open()))
+            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) < self.start_epoch]
+            with csv_file.open("w", newline="") as f:
+                csv.writer(f).writerows(keep)
+
+    def log_epoch(self, epoch: int, mloss: torch.Tensor, results) -> None:
+        values = [*mloss.tolist(), *results, *self.lr]
+        csv_file = self.save_dir / "results.csv"
+        header = "" if csv_file.exists() else ",".join(["%20s" % "epoch", *("%20s" % k for k in RESULT_KEYS)]) + "\n"
+        with csv_file.open("a") as f:
+            f.write(header + ",".join(["%20i" % epoch, *("%20.5g" % v for v in values)]) + "\n")
+        if self.tb:
+            for k, v in zip(RESULT_KEYS, values):
+                self.tb.add_scalar(k, v, epoch)
+
+    def save(self, epoch: int, fi: float) -> None:
+        extra = dict(epoch=epoch, best_fitness=self.best_fitness, ema_updates=self.ema.updates,
+                     train_state_dict={k: v.detach().cpu().clone() for k, v in de_parallel(self.model).state_dict().items()},
+                     optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
+                     opt=vars(self.opt), hyp=self.hyp, date=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.ema.ema.names = self.names
+        save_checkpoint(self.last, self.ema.ema, **extra)
+        if fi >= self.best_fitness:
+            save_checkpoint(self.best, self.ema.ema, **extra)
+        if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
+            save_checkpoint(self.wdir / f"epoch{epoch}.pt", self.ema.ema, **extra)
+
+    def finish(self) -> tuple:
+        """Strip optimizer state, validate best.pt with plots, draw results.png."""
+        results = None
+        for f in (self.last, self.best):
+            if f.exists():
+                strip_checkpoint(f)
+        if self.best.exists():
+            LOGGER.info(f"\nValidating {self.best}...")
+            from utils.checkpoint import load_model
+
+            model = load_model(self.best, self.device)
+            results, _, _ = validate.run(
+                batch_size=self.batch_size * 2, imgsz=self.imgsz, model=model, single_cls=self.opt.single_cls,
+                dataloader=self.val_loader, save_dir=self.save_dir, plots=not self.opt.noplots, verbose=True,
+                compute_loss=self.compute_loss, names=self.names)
+        if not self.opt.noplots:
+            plot_results(self.save_dir / "results.csv")
+        if self.tb:
+            self.tb.close()
+        LOGGER.info(f"Results saved to {self.save_dir}")
+        return results
