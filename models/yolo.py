@@ -239,6 +239,17 @@ def parse_model(d: dict, ch: list[int]):
     return nn.Sequential(*layers), sorted(set(save))
 
 
+def scale_image(img: Tensor, ratio: float, gs: int = 32) -> Tensor:
+    """Resize a batch by ``ratio`` and pad to a multiple of ``gs`` with ImageNet-mean grey."""
+    if ratio == 1.0:
+        return img
+    h, w = img.shape[2:]
+    size = int(h * ratio), int(w * ratio)
+    img = torch.nn.functional.interpolate(img, size=size, mode="bilinear", align_corners=False)
+    ph, pw = (math.ceil(x / gs) * gs - x for x in size)
+    return torch.nn.functional.pad(img, [0, pw, 0, ph], value=0.447)
+
+
 def check_anchor_order(m: Detect) -> None:
     """Anchors must grow with stride (small anchors on the fine P3 grid); flip them if not."""
     a = m.anchors.prod(-1).mean(-1).view(-1)
@@ -309,7 +320,33 @@ class Model(nn.Module):
             b[:, 4] += math.log(8 / (640 / s) ** 2)
             b[:, 5:5 + m.nc] += math.log(0.6 / (m.nc - 0.99999)) if class_freq is None else torch.log(class_freq / class_freq.sum())
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor, augment: bool = False):
+        return self._forward_augment(x) if augment else self._forward_once(x)
+
+    def _forward_augment(self, x: Tensor):
+        """Test-time augmentation: full size, 0.83 flipped left-right, 0.67; merged before NMS."""
+        h, w = x.shape[-2:]
+        gs = int(self.stride.max())
+        outputs = []
+        for scale, flip in ((1.0, False), (0.83, True), (0.67, False)):
+            xi = scale_image(x.flip(-1) if flip else x, scale, gs)
+            yi = self._forward_once(xi)[0]
+            yi[..., :4] /= scale
+            if flip:
+                yi[..., 0] = w - yi[..., 0]
+            outputs.append(yi)
+        return torch.cat(self._drop_extreme_levels(outputs), 1), None
+
+    def _drop_extreme_levels(self, outputs: list[Tensor]) -> list[Tensor]:
+        """Drop the coarsest level of the largest scale and the finest of the smallest (YOLOv5's TTA clip)."""
+        nl = self.model[-1].nl
+        cells = sum(4 ** k for k in range(nl))  # level sizes relative to the coarsest
+        first, last = outputs[0], outputs[-1]
+        outputs[0] = first[:, : first.shape[1] - first.shape[1] // cells]
+        outputs[-1] = last[:, (last.shape[1] // cells) * 4 ** (nl - 1):]
+        return outputs
+
+    def _forward_once(self, x: Tensor):
         y = []
         for m in self.model:
             if m.f != -1:

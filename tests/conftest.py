@@ -27,3 +27,17 @@ def _seed_and_threads():
     torch.manual_seed(0)
     yield
 
+
+
+COCO128_YAML = SHARED / "datasets" / "coco128" / "coco128.yaml"
+
+
+@pytest.fixture(scope="session")
+def coco128_run(tmp_path_factory) -> Path:
+    """A yolov5s_RepVGG run trained one epoch on coco128 at 96 px (shared by several test files)."""
+    import train
+
+    project = tmp_path_factory.mktemp("coco128_run")
+    train.run(cfg="yolov5s_RepVGG.yaml", data=str(COCO128_YAML), epochs=1, imgsz=96, batch_size=16, workers=2,
+              project=str(project), name="exp")
+    return project / "exp"

@@ -32,7 +32,7 @@ from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, smart_optimizer
 
-NBS = 64  # nominal batch size: gradients accumulate up to it
+NBS = 64  # default nominal batch size (hyp "nbs"): gradients accumulate up to it
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
@@ -95,8 +95,9 @@ class Trainer:
         if self.imgsz != opt.imgsz:
             LOGGER.warning(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}, using {self.imgsz}")
         self.batch_size = opt.batch_size // self.world_size
-        self.accumulate = max(round(NBS / opt.batch_size), 1)
-        hyp["weight_decay"] *= opt.batch_size * self.accumulate / NBS
+        self.nbs = int(hyp.get("nbs", NBS))
+        self.accumulate = max(round(self.nbs / opt.batch_size), 1)
+        hyp["weight_decay"] *= opt.batch_size * self.accumulate / self.nbs
         self.optimizer = smart_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
         if opt.cos_lr:
             self.lf = lambda x: ((1 - math.cos(x * math.pi / opt.epochs)) / 2) * (hyp["lrf"] - 1) + 1
@@ -166,7 +167,7 @@ class Trainer:
     def warmup(self, ni: int, nw: int, epoch: int) -> None:
         """Ramp accumulation, learning rates and momentum over the first ``nw`` iterations."""
         xi = [0, nw]
-        self.accumulate = max(1, int(np.interp(ni, xi, [1, NBS / self.opt.batch_size]).round()))
+        self.accumulate = max(1, int(np.interp(ni, xi, [1, self.nbs / self.opt.batch_size]).round()))
         for j, group in enumerate(self.optimizer.param_groups):
             start = self.hyp["warmup_bias_lr"] if j == 2 else 0.0
             group["lr"] = np.interp(ni, xi, [start, group["initial_lr"] * self.lf(epoch)])

@@ -1,0 +1,525 @@
+"""Training throughput (images/s) of our train.py against YOLOv5 v7.0's train on the same data and settings.
+
+Run from the repository root::
+
+    python benchmarks/bench_train_throughput.py [--data ../shared/datasets/coco128/coco128.yaml] [--imgsz 320]
+        [--batch-size 16] [--epochs 3] [--workers 2] [--rounds 1] [--yolov5-python /tmp/y5venv/bin/python]
+        [--threads N] [--out FILE]
+
+Trains, each as its own subprocess with identical settings (same images, imgsz, batch size, epochs, loader
+workers, SGD + hyp.scratch-low, from scratch, ``--noval --noplots --device cpu``, AutoAnchor on, no image
+cache), alternating the runs (round r runs the list forward when r is even, backward when odd) so host
+noise hits all alike:
+
+  (a) YOLOv5 7.0.14 (the ``--yolov5-python`` venv's ``yolov5/train.py``, through a launcher: see the end) with its
+      own yolov5s.yaml,
+  (b) ours (``train.py``) with yolov5s.yaml,
+  (c) ours with yolov5s_RepVGG.yaml (YOLOv5 cannot build RepVGGBlock, so it is reported beside the others).
+
+Throughput is measured on each epoch's *training* progress bar (tqdm; both trainers create it around
+``enumerate(train_loader)``, so it covers data loading, forward, loss, backward, optimizer and EMA steps
+but not validation or checkpoint saving). tqdm prints its elapsed time in whole seconds, too coarse for
+epochs of about a minute, and its final it/s is an exponential moving average over the last iterations,
+not the epoch's mean. So the script timestamps, with its own monotonic clock, the moment the bar's first
+line (``0/N``) and its first ``N/N`` line arrive on the subprocess's pipe (tqdm flushes every line): that is
+the bar's elapsed time at millisecond resolution. tqdm's own printed elapsed is shown beside it as a check
+(they must agree within its 1 s rounding). images/s of an epoch = images in the training set / elapsed;
+the first epoch is warm-up and excluded; the table gives the median of the remaining epochs (over all
+rounds).
+
+Threads: YOLOv5's ``yolov5/utils/general.py`` sets ``os.environ['OMP_NUM_THREADS']`` to
+``min(8, cpu_count - 1)`` at import, but only after ``torch`` is imported, so it does not change the
+trainer's intra-op threads (it reaches only child processes). Both subprocesses get the same
+``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` (``--threads``, default: this process's
+``torch.get_num_threads()``) in their environment, and the script checks what they really used: the
+trainer process's threads that were busy for at least 25% of the measured epochs (from
+``/proc/PID/task/*/stat``).
+
+Noise: before every run the script waits until the 1-minute load average is below ``--load-threshold``
+(0.7) or ``--max-wait`` (600 s) passed, and records the load average before and during each run and how
+much CPU other processes (all busy CPU time minus this script's and its children's) and the hypervisor
+(steal) took while it ran. A run during which they took more than 5% of all cores' time is run again
+(``--retries``, default 2; every attempt is listed, the last one counts): with 2 OpenMP threads on 2 cores,
+one busy core from elsewhere makes every parallel region wait for a descheduled thread, and training
+slows down many times over, not by a few percent.
+
+YOLOv5 setup (see tools/make_yolov5_reference.py): the venv has ``yolov5==7.0.14`` installed without its
+dependencies. Its train.py imports ``roboflow`` (for roboflow.com dataset URLs) and calls
+``huggingface_hub`` to look ``--weights`` up on the Hugging Face hub; where those packages are missing, the
+script puts offline stand-ins on the YOLOv5 subprocess's ``PYTHONPATH`` (``list_repo_files`` raises
+``RepositoryNotFoundError``, which YOLOv5 catches and treats as "not on the hub"). Both runs get
+``YOLO_OFFLINE=1`` and ``YOLOv5_AUTOINSTALL=false``, and YOLOv5 ``--weights ''``, so nothing tries the
+network. YOLOv5 resolves a relative ``path:`` in the data YAML against its own package folder, so both
+implementations are given a copy of the data YAML with ``path`` made absolute. YOLOv5 7.0's final
+``strip_optimizer`` fails on torch >= 2.6 (``torch.load`` weights_only); that happens after the last
+epoch and is ignored (its exit status is shown).
+
+The pip package's train.py (7.0.14) also crashes at the end of the first epoch that is not validated:
+``--noval`` skips ``results, maps, map50s, _ = validate.run(...)`` but the logging line after it still reads
+``list(map50s)`` (UnboundLocalError; upstream v7.0 logs no ``map50s``). So the script does not run
+``python -m yolov5.train`` directly but a launcher that reads the installed ``yolov5/train.py``, replaces
+that one expression by ``list(locals().get('map50s', np.zeros(nc)))`` (per-class zeros, like ``maps``
+before any validation), compiles it under the original file name and
+runs it as ``__main__`` (same ``__file__``, so the same paths and imports). The patch touches only that
+logging line, after the epoch's training bar; nothing that is timed changes.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
+BUSY_THREAD_FRACTION = 0.25
+NOISE_PCT = 5.0  # other processes or steal above this share of all cores' time counts as noise
+
+# A training bar line: "  1/2   0G   0.1123   0.04115   0.1056   216   320:  75%|...| 6/8 [01:49<00:29, 14.79s/it]"
+TRAIN_BAR = re.compile(r"^\s*(?P<epoch>\d+)/(?P<last>\d+)\s+[\d.]+G\s.*?\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
+                       r"\[(?P<elapsed>[\d:]+)<[^,\]]*,\s*(?P<rate>\?|[\d.]+)\s*(?P<unit>s/it|it/s)")
+# The bar's first line, printed when tqdm is created (both trainers set the description only after a batch).
+BAR_START = re.compile(r"^\s*0%\|[^|]*\|\s*0/(?P<total>\d+)\s*\[00:00<")
+
+YOLOV5_STUBS = {
+    "roboflow": {
+        "roboflow/__init__.py": "class Roboflow:  # offline stand-in: only roboflow.com dataset URLs use it\n"
+                                "    def __init__(self, *a, **k):\n"
+                                "        raise RuntimeError('roboflow is not installed (benchmark stand-in)')\n",
+        "roboflow/core/__init__.py": "",
+        "roboflow/core/version.py": "class Version:\n    pass\n",
+    },
+    "huggingface_hub": {
+        "huggingface_hub/__init__.py": "from .utils._errors import RepositoryNotFoundError\n\n\n"
+                                       "def list_repo_files(*a, **k):  # offline stand-in: nothing is on the hub\n"
+                                       "    raise RepositoryNotFoundError('offline benchmark stand-in')\n\n\n"
+                                       "def hf_hub_download(*a, **k):\n"
+                                       "    raise RepositoryNotFoundError('offline benchmark stand-in')\n",
+        "huggingface_hub/utils/__init__.py": "",
+        "huggingface_hub/utils/_errors.py": "class RepositoryNotFoundError(Exception):\n    pass\n",
+        "huggingface_hub/utils/_validators.py": "class HFValidationError(Exception):\n    pass\n",
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="../shared/datasets/coco128/coco128.yaml", help="data YAML (relative: to the repo root)")
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up and not measured")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (both trainers)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the three runs this many times (order alternates)")
+    p.add_argument("--yolov5-python", default="/tmp/y5venv/bin/python", help="python of the venv with yolov5==7.0.14")
+    p.add_argument("--threads", type=int, default=None, help="OMP/MKL_NUM_THREADS for both (default: torch.get_num_threads())")
+    p.add_argument("--load-threshold", type=float, default=0.7, help="wait before each run until the 1-min load average is below this")
+    p.add_argument("--max-wait", type=float, default=600, help="wait at most this many seconds for a quiet machine")
+    p.add_argument("--retries", type=int, default=2, help="rerun a run this many times when other processes or steal "
+                   f"took > {NOISE_PCT:.0f}%% of the CPU during it (all attempts are listed; the last one counts)")
+    p.add_argument("--timeout", type=float, default=3600, help="kill a run after this many seconds")
+    p.add_argument("--keep", action="store_true", help="keep the run folders and logs (printed at the end)")
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown output here")
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (the first epoch is warm-up)")
+    if min(args.imgsz, args.batch_size, args.rounds) < 1 or args.workers < 0:
+        p.error("--imgsz/--batch-size/--rounds must be >= 1 and --workers >= 0")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine, noise
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_times() -> tuple[float, float, float, float] | None:
+    """(busy, steal, total) CPU seconds of the whole machine from /proc/stat, and the CPU seconds of this
+    process plus its reaped children (the trainers and, through them, their loader workers)."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    v += [0] * (8 - len(v))  # user nice system idle iowait irq softirq steal
+    own = sum(os.times()[:4])
+    return (sum(v) - v[3] - v[4]) / tick, v[7] / tick, sum(v) / tick, own
+
+
+def thread_cpu(pid: int) -> dict[int, float] | None:
+    """CPU seconds (user + system) of each thread of ``pid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+class LoadSampler(threading.Thread):
+    """Samples the 1-minute load average every few seconds while a run is going."""
+
+    def __init__(self, every: float = 5.0):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.stop_event = every, [], threading.Event()
+
+    def run(self):
+        while not self.stop_event.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self.stop_event.wait(self.every)
+
+    def stop(self) -> list[float]:
+        self.stop_event.set()
+        self.join()
+        return self.samples
+
+
+def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
+    """Wait until the 1-min load average is below ``threshold`` (at most ``max_wait`` s): (load, waited s)."""
+    t0 = time.monotonic()
+    load = os.getloadavg()[0]
+    last_note = -60.0
+    while load >= threshold and time.monotonic() - t0 < max_wait:
+        waited = time.monotonic() - t0
+        if waited - last_note >= 60:
+            log(f"  waiting for a quiet machine: 1-min load {load:.2f} >= {threshold} ({waited:.0f} s so far)")
+            last_note = waited
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    return load, time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+def tqdm_seconds(s: str) -> int:
+    secs = 0
+    for part in s.split(":"):
+        secs = secs * 60 + int(part)
+    return secs
+
+
+def run_training(cmd: list[str], cwd: Path, env: dict, log_file: Path, epochs: int, timeout: float) -> dict:
+    """Run one trainer, timestamping its output lines; return per-epoch bar timings and run facts."""
+    cpu0 = cpu_times()
+    sampler = LoadSampler()
+    sampler.start()
+    t_start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    epochs_seen: dict[int, dict] = {}
+    pending_start = None  # (time, total) of the latest bare "0%| 0/N" line
+    threads_at: dict[str, tuple[float, dict]] = {}
+    fd = proc.stdout.fileno()
+    buf, buf_t = b"", None
+    with open(log_file, "wb") as flog:
+
+        def handle(segment: bytes, t: float) -> None:
+            nonlocal pending_start
+            text = segment.decode("utf-8", "replace")
+            m = BAR_START.search(text)
+            if m and not TRAIN_BAR.search(text):
+                pending_start = (t, int(m["total"]))
+                return
+            m = TRAIN_BAR.search(text)
+            if not m:
+                return
+            ep, n, total = int(m["epoch"]), int(m["n"]), int(m["total"])
+            e = epochs_seen.get(ep)
+            if e is None:
+                start = pending_start[0] if pending_start and pending_start[1] == total else None
+                e = epochs_seen[ep] = dict(epoch=ep, total=total, t0=start, t_done=None, tqdm_elapsed=None, rate=None)
+                pending_start = None
+                if ep == 1:  # the first measured epoch has begun
+                    threads_at["begin"] = (time.monotonic(), thread_cpu(proc.pid) or {})
+            if n == total:
+                if e["t_done"] is None:
+                    e["t_done"] = t
+                    if ep == epochs - 1:
+                        threads_at["end"] = (time.monotonic(), thread_cpu(proc.pid) or {})
+                e["tqdm_elapsed"] = tqdm_seconds(m["elapsed"])  # the last (closing) line wins
+                e["rate"] = f"{m['rate']}{m['unit']}"
+
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            now = time.monotonic()
+            flog.write(chunk)
+            parts = re.split(rb"[\r\n]", buf + chunk)
+            for i, part in enumerate(parts[:-1]):
+                handle(part, buf_t if (i == 0 and buf and buf_t is not None) else now)
+            buf = parts[-1]
+            buf_t = now if buf else None
+        if buf:
+            handle(buf, buf_t)
+    rc = proc.wait()
+    timer.cancel()
+    wall = time.monotonic() - t_start
+    loads = sampler.stop()
+    cpu1 = cpu_times()
+
+    busy_threads, main_cpu = None, None
+    if "begin" in threads_at and "end" in threads_at:
+        (ta, a), (tb, b) = threads_at["begin"], threads_at["end"]
+        if tb > ta and a and b:
+            used = {tid: b[tid] - a.get(tid, 0.0) for tid in b}
+            busy_threads = sum(1 for v in used.values() if v >= BUSY_THREAD_FRACTION * (tb - ta))
+            main_cpu = sum(used.values()) / (tb - ta)
+    others = steal = None
+    if cpu0 and cpu1 and cpu1[2] > cpu0[2]:
+        busy, st, total, own = (x1 - x0 for x1, x0 in zip(cpu1, cpu0))
+        others = 100 * max(busy - st - own, 0.0) / total
+        steal = 100 * st / total
+    return dict(rc=rc, wall=wall, epochs=[epochs_seen.get(i) for i in range(epochs)], loads=loads,
+                others_pct=others, steal_pct=steal, busy_threads=busy_threads, trainer_cores=main_cpu)
+
+
+def epoch_elapsed(e: dict | None) -> float | None:
+    if not e or e["t_done"] is None:
+        return None
+    if e["t0"] is not None:
+        return e["t_done"] - e["t0"]
+    return float(e["tqdm_elapsed"]) if e["tqdm_elapsed"] else None  # fallback: tqdm's whole seconds
+
+
+def count_images(data: dict) -> int:
+    """Images in the data YAML's train split (a folder, a list file, or a list of them)."""
+    base = Path(data.get("path") or ".")
+    srcs = data["train"] if isinstance(data["train"], list) else [data["train"]]
+    n = 0
+    for s in srcs:
+        p = Path(s) if Path(s).is_absolute() else base / s
+        if p.is_dir():
+            n += sum(1 for f in p.rglob("*") if f.suffix.lower() in IMG_SUFFIXES)
+        elif p.is_file():
+            n += sum(1 for line in p.read_text().splitlines() if line.strip())
+        else:
+            raise FileNotFoundError(f"train split {p} not found")
+    return n
+
+
+def yolov5_info(python: str) -> tuple[Path, str, list[str]]:
+    """(yolov5 package folder, version, top-level modules its train.py needs that are not installed)."""
+    code = ("import importlib.util as u, importlib.metadata as m, os\n"
+            "s = u.find_spec('yolov5'); print(s.submodule_search_locations[0]); print(m.version('yolov5'))\n"
+            f"print(','.join(x for x in {sorted(YOLOV5_STUBS)!r} if u.find_spec(x) is None))\n")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+    pkg, version, missing = (out.stdout.splitlines() + ["", "", ""])[:3]
+    return Path(pkg), version, [x for x in missing.split(",") if x]
+
+
+Y5_BUG = "+ list(maps) + list(map50s)"
+Y5_FIX = "+ list(maps) + list(locals().get('map50s', np.zeros(nc)))"
+Y5_LAUNCHER = f"""\
+# Runs the installed yolov5/train.py as __main__ with its --noval logging bug fixed (see bench_train_throughput.py).
+import sys
+path = sys.argv[1]
+src = open(path, encoding="utf-8").read()
+if {Y5_BUG!r} in src:
+    src = src.replace({Y5_BUG!r}, {Y5_FIX!r})
+else:
+    print("bench launcher: --noval logging bug not found in", path, "(running it unpatched)", file=sys.stderr)
+sys.argv = [path] + sys.argv[2:]
+exec(compile(src, path, "exec"), {{"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}})
+"""
+
+
+def write_stubs(folder: Path, names: list[str]) -> None:
+    for name in names:
+        for rel, text in YOLOV5_STUBS[name].items():
+            f = folder / rel
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+
+
+def fmt(x, spec=".1f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_bench = time.monotonic()
+    import torch  # only for the machine line and the default thread count
+
+    threads = args.threads or torch.get_num_threads()
+    data_file = Path(args.data) if Path(args.data).is_absolute() else (ROOT / args.data).resolve()
+    if not data_file.is_file():
+        raise SystemExit(f"data YAML {data_file} not found")
+    data = yaml.safe_load(data_file.read_text())
+    path = Path(data.get("path") or ".")
+    data["path"] = str(path if path.is_absolute() else (data_file.parent / path).resolve())
+    n_images = count_images(data)
+    n_batches = math.ceil(n_images / args.batch_size)
+
+    y5_pkg, y5_version, missing = yolov5_info(args.yolov5_python)
+    if y5_version != "7.0.14":
+        log(f"WARNING: {args.yolov5_python} has yolov5 {y5_version}, not 7.0.14")
+    hyp_ours, hyp_y5 = ROOT / "data/hyps/hyp.scratch-low.yaml", y5_pkg / "data/hyps/hyp.scratch-low.yaml"
+    same_hyp = yaml.safe_load(hyp_ours.read_text()) == yaml.safe_load(hyp_y5.read_text())
+    same_cfg = yaml.safe_load((ROOT / "models/yolov5s.yaml").read_text()) == yaml.safe_load((y5_pkg / "models/yolov5s.yaml").read_text())
+
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    stub_dir = work / "yolov5_stubs"
+    write_stubs(stub_dir, missing)
+    run_data = work / "data.yaml"
+    run_data.write_text(yaml.safe_dump(data, sort_keys=False))
+    y5_cwd = work / "y5_cwd"  # not the repo root: our models/ and utils/ must not shadow anything
+    y5_cwd.mkdir()
+    launcher = work / "yolov5_train_launcher.py"
+    launcher.write_text(Y5_LAUNCHER)
+
+    base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    base_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                    YOLO_OFFLINE="1", YOLOv5_AUTOINSTALL="false")
+    common = ["--data", str(run_data), "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
+              "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", "cpu",
+              "--noval", "--noplots", "--name", "exp"]
+
+    def y5_cmd(project: Path):
+        return ([args.yolov5_python, str(launcher), str(y5_pkg / "train.py"), "--weights", "", "--cfg", str(y5_pkg / "models/yolov5s.yaml"),
+                 "--hyp", str(hyp_y5), "--project", str(project)] + common, y5_cwd,
+                {**base_env, **({"PYTHONPATH": str(stub_dir)} if missing else {})})
+
+    def ours_cmd(cfg: str):
+        return lambda project: ([sys.executable, "train.py", "--cfg", cfg, "--hyp", str(hyp_ours),
+                                 "--project", str(project)] + common, ROOT, dict(base_env))
+
+    configs = [("yolov5s", f"YOLOv5 {y5_version}", y5_cmd), ("yolov5s", "ours", ours_cmd("yolov5s.yaml")),
+               ("yolov5s_RepVGG", "ours", ours_cmd("yolov5s_RepVGG.yaml"))]
+
+    runs = []
+    for r in range(args.rounds):
+        order = list(range(len(configs))) if r % 2 == 0 else list(reversed(range(len(configs))))
+        for k in order:
+            cfg, impl, make = configs[k]
+            for attempt in range(args.retries + 1):
+                tag = f"r{r}_{cfg}_{'yolov5' if impl != 'ours' else 'ours'}_a{attempt}"
+                load_before, waited = wait_quiet(args.load_threshold, args.max_wait)
+                log(f"[round {r + 1}/{args.rounds}] {cfg} / {impl}: start, attempt {attempt + 1} "
+                    f"(1-min load {load_before:.2f}, waited {waited:.0f} s)")
+                cmd, cwd, env = make(work / tag)
+                res = run_training(cmd, cwd, env, work / f"{tag}.log", args.epochs, args.timeout)
+                res.update(round=r, config=cfg, impl=impl, k=k, load_before=load_before, waited=waited,
+                           log=work / f"{tag}.log", used=False)
+                els = [epoch_elapsed(e) for e in res["epochs"]]
+                res["elapsed"] = els
+                res["ips"] = [n_images / x if x else None for x in els]
+                res["complete"] = all(e is not None and e["t_done"] is not None for e in res["epochs"])
+                noisy = (res["others_pct"] or 0) > NOISE_PCT or (res["steal_pct"] or 0) > NOISE_PCT
+                log(f"    exit {res['rc']}, {res['wall']:.0f} s; epoch bar elapsed s: " + ", ".join(fmt(x) for x in els)
+                    + ("" if res["complete"] else "  (INCOMPLETE: see the log)")
+                    + (f"; other processes took {res['others_pct']:.0f}% of the CPU: noisy" if noisy else ""))
+                runs.append(res)
+                if not noisy or not res["complete"]:
+                    break
+                if attempt < args.retries:
+                    log("    noisy: running it again")
+            res["used"] = True
+
+    # ---- results ------------------------------------------------------------------------------
+    summary = {}
+    for k, (cfg, impl, _) in enumerate(configs):
+        vals = [ips for res in runs if res["k"] == k and res["used"] for ips in res["ips"][1:] if ips is not None]
+        secs = [x for res in runs if res["k"] == k and res["used"] for x in res["elapsed"][1:] if x is not None]
+        summary[k] = dict(ips=statistics.median(vals) if vals else None, sec=statistics.median(secs) if secs else None,
+                          n=len(vals), lo=min(vals) if vals else None, hi=max(vals) if vals else None)
+    ref = summary[0]["ips"]
+
+    lines = []
+    lines.append(f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
+                 f"both trainers run with OMP_NUM_THREADS=MKL_NUM_THREADS={threads}")
+    lines.append("")
+    lines.append(f"Settings (identical for all runs): {n_images} images ({data_file.name}), imgsz {args.imgsz}, batch {args.batch_size} "
+                 f"({n_batches} batches/epoch), {args.epochs} epochs, {args.workers} loader workers, from scratch, SGD, "
+                 f"hyp.scratch-low ({'same values in both' if same_hyp else 'VALUES DIFFER between the two'}), "
+                 f"--noval --noplots --device cpu, AutoAnchor on, no cache, {args.rounds} round(s) of alternating runs. "
+                 f"yolov5s.yaml: {'same as' if same_cfg else 'DIFFERENT from'} YOLOv5's.")
+    lines.append("")
+    lines.append("| config | implementation | images/s (median) | s/epoch (median) | min-max images/s | epochs measured | ours / YOLOv5 |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for k, (cfg, impl, _) in enumerate(configs):
+        s = summary[k]
+        if k == 0:
+            ratio = "1.00 (reference)"
+        elif s["ips"] and ref:
+            ratio = f"{s['ips'] / ref:.2f}" + ("" if cfg == "yolov5s" else " (vs YOLOv5 yolov5s; other model)")
+        else:
+            ratio = "-"
+        lines.append(f"| {cfg} | {impl} | {fmt(s['ips'], '.2f')} | {fmt(s['sec'], '.1f')} | "
+                     f"{fmt(s['lo'], '.2f')}-{fmt(s['hi'], '.2f')} | {s['n']} | {ratio} |")
+    lines.append("")
+    lines.append("Per run (in the order run; epoch 0 is warm-up; elapsed = the training bar's, timestamped / as tqdm printed it):")
+    lines.append("")
+    lines.append("| # | config | implementation | counted | exit | wall s | epoch bar elapsed s (timestamped; tqdm) | images/s per epoch | "
+                 "1-min load before / during (mean, max) | other processes / steal (% of all cores) | busy trainer threads (cores used) |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    noisy = []
+    for i, res in enumerate(runs, 1):
+        el = ", ".join(f"{fmt(x)}; {e['tqdm_elapsed'] if e else '-'}" for x, e in zip(res["elapsed"], res["epochs"]))
+        ips = ", ".join(fmt(x, ".2f") for x in res["ips"])
+        loads = res["loads"] or [float("nan")]
+        lines.append(f"| {i} | {res['config']} | {res['impl']} | {'yes' if res['used'] else 'no (noisy, rerun)'} | {res['rc']} | {res['wall']:.0f} | {el} | {ips} | "
+                     f"{res['load_before']:.2f} / {statistics.fmean(loads):.2f}, {max(loads):.2f} | "
+                     f"{fmt(res['others_pct'], '.0f')}% / {fmt(res['steal_pct'], '.0f')}% | "
+                     f"{fmt(res['busy_threads'], 'd')} ({fmt(res['trainer_cores'], '.2f')}) |")
+        if res["used"] and (res["load_before"] >= args.load_threshold or (res["others_pct"] or 0) > NOISE_PCT
+                or (res["steal_pct"] or 0) > NOISE_PCT or not res["complete"]):
+            noisy.append(i)
+    lines.append("")
+    lines.append(f"Noise in the counted runs: {'present in run(s) ' + ', '.join(map(str, noisy)) if noisy else 'none detected'} "
+                 f"(a run counts as noisy when it started at a 1-min load >= {args.load_threshold}, other processes or "
+                 f"steal took > {NOISE_PCT:.0f}% of all cores' time, or its epochs were not all parsed). The load average "
+                 f"during a run includes the run itself (trainer threads + loader workers).")
+    total = time.monotonic() - t_bench
+    lines.append(f"Total benchmark time: {total / 60:.1f} min.")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.keep:
+        log(f"run folders and logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(res["complete"] for res in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""val.py end to end on a real checkpoint and real images (coco128), and on the tiny shapes set."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+import val
+from conftest import COCO128_YAML
+from utils.checkpoint import load_model, save_checkpoint
+
+
+@pytest.fixture
+def yolo_logs(caplog):
+    logger = logging.getLogger("yolo")
+    old = logger.propagate
+    logger.propagate = True  # setup_logging() turns propagation off; caplog listens on the root
+    with caplog.at_level(logging.INFO, logger="yolo"):
+        yield caplog
+    logger.propagate = old
+
+
+@pytest.mark.slow
+def test_val_cli_path_with_json_txt_and_plots(coco128_run, tmp_path, yolo_logs):
+    best = coco128_run / "weights" / "best.pt"
+    results, maps, times = val.run(data=str(COCO128_YAML), weights=str(best), imgsz=96, batch_size=32, workers=2,
+                                   save_json=True, save_txt=True, save_conf=True, project=str(tmp_path), name="v")
+    out = tmp_path / "v"
+    assert len(results) == 7 and maps.shape == (80,) and len(times) == 3
+    text = yolo_logs.text
+    assert "mAP50-95" in text and "Speed:" in text and "pycocotools" in text and "Average Precision" in text
+    for f in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png",
+              "val_batch0_labels.jpg", "val_batch0_pred.jpg", "ground_truth.json"):
+        assert (out / f).is_file(), f
+    preds = json.loads((out / "best_predictions.json").read_text())
+    assert preds and {"image_id", "category_id", "bbox", "score"} <= set(preds[0])
+    gt = json.loads((out / "ground_truth.json").read_text())
+    assert len(gt["images"]) == 128 and len(gt["annotations"]) == 929
+    txt = sorted((out / "labels").glob("*.txt"))
+    assert txt and all(len(line.split()) == 6 for line in txt[0].read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_folded_checkpoint_validates_like_unfolded(coco128_run, tmp_path):
+    best = coco128_run / "weights" / "best.pt"
+    folded = tmp_path / "best-fused.pt"
+    save_checkpoint(folded, load_model(best, fuse=True))
+    kw = dict(data=str(COCO128_YAML), imgsz=96, batch_size=32, workers=2, project=str(tmp_path), plots=False)
+    r1, m1, _ = val.run(weights=str(best), name="a", **kw)
+    r2, m2, _ = val.run(weights=str(folded), name="b", **kw)
+    assert torch.load(folded, weights_only=True)["folded"]
+    assert r1[:4] == pytest.approx(r2[:4], abs=1e-4)
+    assert m1 == pytest.approx(m2, abs=1e-4)
+
+
+def test_val_rejects_bad_cli_values():
+    with pytest.raises(SystemExit):
+        val.parse_opt(["--weights", "x.pt", "--conf-thres", "1.5"])
+    with pytest.raises(SystemExit):
+        val.parse_opt(["--weights", "x.pt", "--task", "nope"])
+
+
+def test_output_to_target_shapes():
+    preds = [torch.tensor([[10.0, 20.0, 30.0, 60.0, 0.9, 2.0]]), torch.zeros((0, 6))]
+    t = val.output_to_target(preds)
+    assert t.shape == (1, 7)
+    assert t[0].tolist() == pytest.approx([0, 2, 20, 40, 20, 40, 0.9])
