@@ -56,7 +56,9 @@ def check_amp(model: nn.Module, device: torch.device) -> bool:
 
 class Trainer:
     def __init__(self, opt, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None):
-        self.opt, self.hyp, self.data, self.device, self.ckpt = opt, dict(hyp), data, device, ckpt
+        self.opt, self.data, self.device, self.ckpt = opt, data, device, ckpt
+        self.hyp_given = dict(hyp)  # what checkpoints store: build() scales self.hyp for this run's data
+        self.hyp = dict(hyp)
         self.rank = int(os.environ.get("RANK", -1))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.main = self.rank in (-1, 0)
@@ -303,7 +305,7 @@ class Trainer:
         extra = dict(epoch=epoch, best_fitness=self.best_fitness, ema_updates=self.ema.updates,
                      train_state_dict={k: v.detach().cpu().clone() for k, v in de_parallel(self.model).state_dict().items()},
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
-                     opt=vars(self.opt), hyp=self.hyp, date=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                     opt=vars(self.opt), hyp=self.hyp_given, date=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.ema.ema.names = self.names
         save_checkpoint(self.last, self.ema.ema, **extra)
         if fi >= self.best_fitness:
