@@ -132,7 +132,7 @@ def _batches(loader, epoch):
 def test_check_dataset_coco128():
     d = check_dataset(COCO / "coco128.yaml")
     assert d["nc"] == 80 and len(d["names"]) == 80 and d["names"][0] == "person"
-    assert d["train"] == str(COCO_IMAGES) and Path(d["val"]).is_dir() and Path(d["path"]) == COCO
+    assert Path(d["train"]) == COCO_IMAGES.resolve() and Path(d["val"]).is_dir() and Path(d["path"]) == COCO.resolve()
 
 
 def test_check_dataset_missing_with_download(tmp_path):
