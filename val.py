@@ -87,20 +87,45 @@ def log_table(results: dict, names, n_images: int, n_instances: int, verbose: bo
                                results["ap50"][i], results["ap"][i].mean()))
 
 
-def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers):
-    """Model, dataloader and dataset dict for the command-line path."""
+class ExportedModel:
+    """Drives an exported model (TorchScript, ONNX Runtime, OpenVINO, TensorRT) like an in-memory one."""
+
+    def __init__(self, backend):
+        self.backend, self.names, self.stride = backend, list(backend.names), torch.tensor([float(backend.stride)])
+        self.yaml = {"nc": len(self.names)}
+
+    def __call__(self, im, augment=False):
+        return self.backend(im.float()), None
+
+
+def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers, augment):
+    """Model, dataloader and dataset dict for the command-line path (any checkpoint or exported format)."""
+    from utils.backends import load_backend
     from utils.checkpoint import load_model
     from utils.dataloaders import create_dataloader
     from utils.dataset_config import check_dataset
 
-    model = load_model(weights, device)
-    model.half() if half else model.float()
+    rect = True
+    if Path(weights).suffix == ".pt":  # ours, folded or not, exactly as stored
+        model = load_model(weights, device)
+        model.half() if half else model.float()
+    else:
+        backend = load_backend(weights, device, fp16=half)
+        if backend.end2end:
+            raise ValueError(f"{weights} has NMS inside (exported with --nms): export without --nms to validate it")
+        if augment:
+            raise ValueError("--augment needs a PyTorch checkpoint (.pt)")
+        model = ExportedModel(backend)
+        if backend.imgsz is not None:  # a fixed-shape export: its own size, square batches of its batch size
+            imgsz, rect = int(max(backend.imgsz)), False
+            batch_size = backend.batch or batch_size
+            LOGGER.info(f"{weights}: fixed input {tuple(backend.imgsz)}, batch {batch_size}")
     data = check_dataset(data)
     split = data.get(task) if task in ("train", "val", "test") else data["val"]
     if not split:
         raise ValueError(f"--task {task}: the data YAML has no '{task}' split")
     stride = int(model.stride.max())
-    loader = create_dataloader(split, imgsz, batch_size, stride, single_cls, pad=0.5, rect=True, workers=workers,
+    loader = create_dataloader(split, imgsz, batch_size, stride, single_cls, pad=0.5, rect=rect, workers=workers,
                                prefix=f"{task}: ", nc=data["nc"])[0]
     return model, loader, data
 
@@ -141,9 +166,12 @@ def run(
             conf_thres, iou_thres, save_json, plots = 0.25, 0.45, False, False
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-        model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers)
+        model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls,
+                                                      workers, augment)
         names = data["names"]
-    model.eval()
+    is_module = isinstance(model, torch.nn.Module)
+    if is_module:
+        model.eval()
     nc = 1 if single_cls else int(model.yaml["nc"])
     names = list(names or getattr(model, "names", None) or range(nc))
     class_map = COCO80_TO_91 if find_coco_annotations(data or {}) is not None else None
@@ -188,7 +216,8 @@ def run(
     maps = np.zeros(nc) + results["map"]
     for i, c in enumerate(results["classes"]):
         maps[int(c)] = results["ap"][i].mean()
-    model.float()
+    if is_module:
+        model.float()
     metrics = (results["precision"], results["recall"], results["map50"], results["map"])
     return (*metrics, *(loss.cpu() / max(len(dataloader), 1)).tolist()), maps, times
 
@@ -196,7 +225,7 @@ def run(
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description="Validate a detector checkpoint on a YOLO-format dataset.")
     p.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset YAML")
-    p.add_argument("--weights", type=str, required=True, help="checkpoint (folded or not)")
+    p.add_argument("--weights", type=str, required=True, help="checkpoint (folded or not) or exported model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
@@ -234,10 +263,11 @@ def main(opt):
 if __name__ == "__main__":
     import sys
 
+    from utils.backends import BackendUnavailable
     from utils.checkpoint import CheckpointError
 
     try:
         main(parse_opt())
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError, BackendUnavailable) as e:
         LOGGER.error(f"ERROR: {e}")
         sys.exit(1)

@@ -1,6 +1,7 @@
 """Shared test setup: the repository root on sys.path, CUDA skipping and small fixtures."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -41,3 +42,14 @@ def coco128_run(tmp_path_factory) -> Path:
     train.run(cfg="yolov5s_RepVGG.yaml", data=str(COCO128_YAML), epochs=1, imgsz=96, batch_size=16, workers=2,
               project=str(project), name="exp")
     return project / "exp"
+
+
+@pytest.fixture
+def yolo_logs(caplog):
+    """Records of the project logger (which does not propagate once setup_logging ran)."""
+    logger = logging.getLogger("yolo")
+    old = logger.propagate
+    logger.propagate = True  # setup_logging() turns propagation off; caplog listens on the root
+    with caplog.at_level(logging.INFO, logger="yolo"):
+        yield caplog
+    logger.propagate = old

@@ -1,0 +1,306 @@
+"""Export a checkpoint to deployment formats, folded first, each export verified before it is reported.
+
+    python export.py --weights runs/train/exp/weights/best.pt --include onnx openvino --imgsz 640
+    python export.py --weights best.pt --include onnx --dynamic --simplify
+    python export.py --weights best.pt --include onnx --nms --conf-thres 0.25 --iou-thres 0.45
+    python export.py --weights best.pt --include engine --device 0 --half --workspace 4
+
+Formats (files land beside the weights):
+
+| --include   | file                          | runs with                                  |
+|-------------|-------------------------------|--------------------------------------------|
+| fused       | <stem>-fused.pt               | PyTorch (torch.load weights_only=True)     |
+| torchscript | <stem>.torchscript            | torch.jit.load                             |
+| onnx        | <stem>.onnx                   | ONNX Runtime, OpenCV DNN (--opset 12)      |
+| openvino    | <stem>_openvino_model/        | OpenVINO                                   |
+| engine      | <stem>.engine                 | TensorRT (CUDA and tensorrt required)      |
+
+Every format is exported from the folded model (``load_model(..., fuse=True)``), so no graph has
+training branches. Each file is then run through ``utils.backends.load_backend`` on bus.jpg
+letterboxed to --imgsz and compared with the folded PyTorch model: the error, boxes relative to the
+image size and probabilities as they are, must stay below ``TOLERANCE`` (5e-4 for fp32, 1e-2 for
+fp16). With --nms the graph ends in ONNX NonMaxSuppression and the check is against
+``utils.ops.non_max_suppression``. A summary table follows; the exit status is 1 if any requested
+format failed (the others are still exported). ``run(**kwargs)`` is importable and returns the results.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from utils.augmentations import letterbox
+from utils.backends import load_backend
+from utils.checkpoint import load_model
+from utils.exporters import EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
+from utils.general import LOGGER, ROOT, setup_logging
+from utils.ops import non_max_suppression
+from utils.torch_utils import select_device
+
+FORMATS = tuple(EXPORTERS)  # export order matters: engine reuses the ONNX file exported before it
+TOLERANCE = {"fp32": 5e-4, "fp16": 1e-2}  # max error, boxes / image size and probabilities as they are
+TEST_IMAGES = (ROOT / "data" / "images" / "bus.jpg", ROOT.parent / "shared" / "images" / "bus.jpg")
+
+
+@dataclass
+class ExportResult:
+    format: str
+    file: Path | None = None
+    seconds: float = 0.0
+    max_abs_diff: float | None = None  # largest raw difference from the PyTorch model
+    error_ratio: float | None = None  # normalised difference checked against TOLERANCE
+    error: str | None = None
+    size_mb: float = 0.0  # measured right after export (a later export may overwrite the file)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def size_mb(path: Path) -> float:
+    """Size of a file or of everything under a folder, in MB."""
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
+class VerificationError(RuntimeError):
+    """An exported file does not reproduce the PyTorch model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+def parse_imgsz(imgsz, stride: int) -> tuple[int, int]:
+    """(h, w) from one or two ints, each rounded up to a multiple of ``stride`` (with a warning)."""
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    if len(sizes) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise ValueError(f"--imgsz takes one or two positive ints (h w), got {imgsz!r}")
+    h, w = sizes * 2 if len(sizes) == 1 else sizes
+    new = tuple(-(-s // stride) * stride for s in (h, w))
+    if new != (h, w):
+        LOGGER.warning(f"WARNING --imgsz {h} {w} is not a multiple of the stride {stride}: using {new[0]} {new[1]}")
+    return new
+
+
+def verification_image() -> Path:
+    for p in TEST_IMAGES:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"no test image for verification: looked for {', '.join(map(str, TEST_IMAGES))}")
+
+
+def example_input(hw: tuple[int, int], batch: int, device) -> torch.Tensor:
+    """bus.jpg letterboxed to ``hw``, RGB, 0..1, repeated ``batch`` times."""
+    path = verification_image()
+    im0 = cv2.imread(str(path))
+    if im0 is None:
+        raise ValueError(f"cannot read {path}")
+    im = letterbox(im0, hw, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
+    x = torch.from_numpy(np.ascontiguousarray(im)).float().div(255)
+    return x.unsqueeze(0).expand(batch, -1, -1, -1).contiguous().to(device)
+
+
+def load_names(data: str | Path) -> list[str]:
+    """Class names from a dataset YAML (list or {id: name})."""
+    from utils.dataset_config import _load, _names_and_nc  # one parser for names, shared with check_dataset
+
+    cfg, _ = _load(data)
+    return _names_and_nc(cfg, str(data))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+def prediction_error(ref: torch.Tensor, out: torch.Tensor, scale: float) -> tuple[float, float]:
+    """(max abs difference, error): box columns divided by ``scale`` (the image size), probabilities as they are."""
+    if out.shape != ref.shape:
+        raise VerificationError(f"output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}")
+    diff = (out.float() - ref.float()).abs()
+    if not torch.isfinite(diff).all():
+        raise VerificationError("output has NaN or infinite values where PyTorch's has none")
+    return diff.max().item(), max(diff[..., :4].max().item() / scale, diff[..., 4:].max().item())
+
+
+def match_detections(ref: torch.Tensor, out: list, scale: float, tol: float, conf_thres: float) -> tuple[float, float]:
+    """Match one image's end-to-end outputs with ``non_max_suppression`` rows [x1, y1, x2, y2, conf, cls].
+
+    One-to-one and order-free (equal scores may come in any order). A detection whose score is within
+    ``tol`` of ``conf_thres`` may be missing on either side: rounding decides it. Returns (max abs
+    difference, error as in ``prediction_error``); any other mismatch is a ``VerificationError``.
+    """
+    num, boxes, scores, classes = int(out[0]), out[1].float(), out[2].float(), out[3]
+    boxes, scores, classes = boxes[:num], scores[:num], classes[:num]
+    free = torch.ones(num, dtype=torch.bool)
+    max_abs, worst = 0.0, 0.0
+    for row in ref:
+        err = torch.maximum((boxes - row[:4]).abs().amax(1) / scale, (scores - row[4]).abs())
+        err[~free | (classes != row[5])] = float("inf")
+        j = int(err.argmin()) if num else -1
+        if j < 0 or not err[j] <= tol:
+            if abs(row[4].item() - conf_thres) <= tol:
+                continue  # borderline score: on either side of the threshold after rounding
+            raise VerificationError(f"no exported detection matches {[round(v, 4) for v in row.tolist()]} within "
+                                    f"{tol:g} ({num} exported, {len(ref)} from non_max_suppression)")
+        free[j] = False
+        max_abs = max(max_abs, (boxes[j] - row[:4]).abs().max().item(), abs(scores[j].item() - row[4].item()))
+        worst = max(worst, err[j].item())
+    extra = scores[free]
+    if (extra - conf_thres).abs().gt(tol).any():
+        raise VerificationError(f"{int(free.sum())} exported detections that non_max_suppression does not keep "
+                                f"(scores {extra.tolist()[:5]})")
+    return max_abs, worst
+
+
+def verification_inputs(ctx: ExportContext) -> list[torch.Tensor]:
+    """The example input, plus a smaller batch-1 one for dynamic exports (they must accept other shapes)."""
+    inputs = [ctx.im]
+    if ctx.dynamic:
+        s, (h, w) = ctx.stride, ctx.im.shape[2:]
+        inputs.append(example_input((max(s, h // 2 // s * s), max(s, w // 2 // s * s)), 1, ctx.im.device))
+    return inputs
+
+
+def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, float]:
+    """Run ``file`` through its backend and compare with the folded PyTorch model: (max abs diff, error)."""
+    tol = TOLERANCE["fp16" if ctx.half and fmt != "fused" else "fp32"]
+    backend = load_backend(file, device=ctx.im.device)
+    max_abs, worst = 0.0, 0.0
+    for im in verification_inputs(ctx):
+        with torch.no_grad():
+            ref = ctx.model(im).float()
+        out = backend(im)
+        scale = max(im.shape[2:])
+        if backend.end2end:
+            kept = non_max_suppression(ref, ctx.conf_thres, ctx.iou_thres, max_det=ctx.max_det)
+            diffs = [match_detections(det.cpu(), [t[i].cpu() for t in out], scale, tol, ctx.conf_thres)
+                     for i, det in enumerate(kept)]
+        else:
+            diffs = [prediction_error(ref, out, scale)]
+        max_abs = max([max_abs, *(d[0] for d in diffs)])
+        worst = max([worst, *(d[1] for d in diffs)])
+    if not worst <= tol:
+        raise VerificationError(f"{fmt} output differs from PyTorch's by {worst:.3g} (tolerance {tol:g}; "
+                                f"max abs difference {max_abs:.3g})")
+    return max_abs, worst
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+def export_one(fmt: str, ctx: ExportContext) -> ExportResult:
+    """Export and verify one format; a failure is logged with its message and returned, never raised."""
+    result = ExportResult(fmt)
+    LOGGER.info(f"\n{fmt}: exporting...")
+    t0 = time.time()
+    try:
+        if ctx.nms and fmt not in NMS_FORMATS:
+            raise ValueError(f"--nms is supported for {', '.join(NMS_FORMATS)} only, not {fmt} "
+                             f"(export {fmt} without --nms and run utils.ops.non_max_suppression on its output)")
+        result.file = EXPORTERS[fmt](ctx)
+        result.seconds, result.size_mb = time.time() - t0, size_mb(result.file)
+        result.max_abs_diff, result.error_ratio = verify_export(fmt, result.file, ctx)
+        ctx.exported[fmt] = result.file  # verified: the engine may build from this ONNX
+    except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported
+        result.seconds = result.seconds or time.time() - t0
+        result.error = f"{type(e).__name__}: {e}"
+        LOGGER.error(f"{fmt}: export failed: {result.error}")
+        if ctx.verbose:
+            LOGGER.exception(e)
+    else:
+        LOGGER.info(f"{fmt}: saved {result.file} ({result.size_mb:.1f} MB, {result.seconds:.1f}s), verified: "
+                    f"max abs difference {result.max_abs_diff:.3g}, error {result.error_ratio:.3g}")
+    return result
+
+
+def log_summary(results: list[ExportResult]) -> None:
+    LOGGER.info(f"\n{'Format':<12}{'File':<48}{'Size MB':>9}{'Time s':>8}  {'Max abs diff':>12}  Status")
+    for r in results:
+        diff = f"{r.max_abs_diff:.3g}" if r.max_abs_diff is not None else "-"
+        status = "ok" if r.ok else f"FAILED: {r.error}"
+        LOGGER.info(f"{r.format:<12}{str(r.file or '-'):<48}{r.size_mb:>9.1f}{r.seconds:>8.1f}  {diff:>12}  {status}")
+
+
+def build_context(weights, imgsz, batch_size, device, names, **options) -> ExportContext:
+    """Load and fold the checkpoint, set export mode and make the example input."""
+    model = load_model(weights, device, fuse=True)
+    if not model.is_folded:
+        raise RuntimeError(f"{weights}: some blocks did not fold; refusing to export training branches")
+    if names is not None and len(names) != len(model.names):
+        raise ValueError(f"--data lists {len(names)} class names but the model predicts {len(model.names)} classes")
+    model.names = list(names or model.names)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    set_export_mode(model, options.get("dynamic", False))
+    stride = int(max(model.stride))
+    im = example_input(parse_imgsz(imgsz, stride), batch_size, device)
+    with torch.no_grad():
+        model(im)  # build Detect's grids once so tracing does not record their creation
+    return ExportContext(model=model, im=im, weights=Path(weights), names=model.names, **options)
+
+
+def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1, device="cpu",
+        half=False, dynamic=False, simplify=False, opset=17, workspace=4.0, nms=False, conf_thres=0.25,
+        iou_thres=0.45, max_det=300, verbose=False, data=None) -> list[ExportResult]:
+    """Export ``weights`` to every format in ``include``; returns one ``ExportResult`` per format, in order.
+
+    A format that fails is logged and reported in its result (``.ok`` False); the others still export.
+    """
+    setup_logging()
+    include = [x.lower() for x in ([include] if isinstance(include, str) else include)]
+    unknown = sorted(set(include) - set(FORMATS))
+    if unknown or not include:
+        raise ValueError(f"--include {unknown or include}: choose from {', '.join(FORMATS)}")
+    if batch_size < 1 or max_det < 1 or opset < 7:
+        raise ValueError(f"need batch_size >= 1, max_det >= 1 and opset >= 7, got {batch_size}, {max_det}, {opset}")
+    device = select_device(str(device))
+    names = load_names(data) if data else None
+    ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
+                        opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
+                        max_det=max_det, verbose=verbose)
+    LOGGER.info(f"Exporting {weights} (folded, {len(ctx.names)} classes, stride {ctx.stride}) with input "
+                f"{tuple(ctx.im.shape)} on {device} to: {', '.join(f for f in FORMATS if f in include)}")
+    results = [export_one(fmt, ctx) for fmt in FORMATS if fmt in include]
+    log_summary(results)
+    return results
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", type=str, required=True, help="checkpoint of this project (.pt)")
+    parser.add_argument("--include", nargs="+", default=["torchscript", "onnx"], choices=FORMATS, help="formats")
+    parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image size: h [w]")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size (the largest with --dynamic engine)")
+    parser.add_argument("--device", default="cpu", help="cpu or a CUDA id such as 0")
+    parser.add_argument("--half", action="store_true", help="FP16 (torchscript/onnx need CUDA; openvino, engine)")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO/TensorRT: dynamic batch and image size")
+    parser.add_argument("--simplify", action="store_true", help="ONNX: slim the graph with onnxslim")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (12 for OpenCV DNN)")
+    parser.add_argument("--workspace", type=float, default=4, help="TensorRT builder workspace (GB)")
+    parser.add_argument("--nms", action="store_true", help="onnx/openvino/engine: end-to-end graph with NMS")
+    parser.add_argument("--conf-thres", type=float, default=0.25, help="--nms confidence threshold")
+    parser.add_argument("--iou-thres", type=float, default=0.45, help="--nms IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="--nms detections per image")
+    parser.add_argument("--verbose", action="store_true", help="verbose exporter logs, tracebacks on failure")
+    parser.add_argument("--data", type=str, default=None, help="dataset YAML whose class names to embed")
+    return parser.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> int:
+    results = run(**vars(opt))
+    failed = [r.format for r in results if not r.ok]
+    if failed:
+        LOGGER.error(f"Export failed for: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_opt()))

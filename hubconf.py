@@ -1,0 +1,124 @@
+"""PyTorch Hub entry points (YOLOv5's names and arguments).
+
+    import torch
+    model = torch.hub.load("path/to/this/repo", "custom", path="runs/train/exp/weights/best.pt", source="local")
+    results = model(["data/images/bus.jpg", pil_image, rgb_array])   # paths, URLs, PIL, numpy (RGB), lists
+    results.print(); results.save(); results.pandas().xyxy[0]
+
+``custom(path)`` loads one of our checkpoints (folded or not) or any exported format ``utils.backends``
+reads (TorchScript, ONNX, OpenVINO, TensorRT). The config constructors (``yolov5s()``, ...,
+``yolov5s_RepVGG()``) build untrained models: nothing is downloaded, so ``pretrained=True`` is an error
+that says to pass a trained file to ``custom()``. With ``autoshape=True`` (the default) the model is
+wrapped in ``AutoShape`` (thresholds as attributes: ``conf``, ``iou``, ``classes``, ``max_det``, ...).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+dependencies = ["torch", "torchvision", "cv2", "numpy", "yaml", "PIL"]  # torch.hub checks these (pandas: only for .pandas())
+
+
+def _device(device):
+    from utils.torch_utils import select_device
+
+    return select_device("" if device is None else str(device)) if not isinstance(device, torch.device) else device
+
+
+def custom(path="path/to/model.pt", autoshape: bool = True, device=None, _verbose: bool = True):
+    """A trained model from ``path``: a checkpoint of this project (.pt) or an exported model.
+
+    A checkpoint loads as a ``models.yolo.Model``, folded for inference when ``autoshape`` (as YOLOv5
+    fuses), unfolded as saved with ``autoshape=False`` (so it can be fine-tuned); other formats load
+    through ``utils.backends.load_backend``. ``autoshape=False`` returns the model or backend unwrapped.
+    """
+    from utils.detections import AutoShape
+    from utils.general import LOGGER, setup_logging
+
+    if _verbose:
+        setup_logging()
+    device = _device(device)
+    path = Path(path)
+    if path.suffix == ".pt":
+        from utils.checkpoint import load_model
+
+        model = load_model(path, device, fuse=autoshape)
+    else:
+        from utils.backends import load_backend
+
+        model = load_backend(str(path), device=device)
+    if _verbose:
+        LOGGER.info(f"Loaded {path} ({type(model).__name__}, {len(model.names)} classes)")
+    return AutoShape(model) if autoshape else model
+
+
+def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            device=None):
+    """An untrained model of config ``cfg`` (models/<cfg>.yaml)."""
+    from models.yolo import Model
+    from utils.detections import AutoShape
+
+    if pretrained:
+        raise ValueError(f"{cfg}(pretrained=True): no pretrained weights are shipped or downloaded. Train one "
+                         f"(python train.py --cfg {cfg}.yaml) or convert a YOLOv5 state dict, then load it with "
+                         "custom(path='best.pt')")
+    model = Model(f"{cfg}.yaml", ch=channels, nc=classes).to(_device(device))
+    if classes == 80:
+        model.names = _coco_names() or model.names
+    return AutoShape(model) if autoshape else model
+
+
+def _coco_names() -> list[str] | None:
+    """COCO's 80 class names from data/coco128.yaml, so untrained 80-class models print real names."""
+    from utils.general import ROOT, load_yaml
+
+    try:
+        names = load_yaml(ROOT / "data" / "coco128.yaml").get("names")
+    except (FileNotFoundError, ValueError):
+        return None
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    return [str(n) for n in names] if isinstance(names, list) and len(names) == 80 else None
+
+
+def yolov5n(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-nano (YOLOv5 v7.0 architecture), untrained."""
+    return _create("yolov5n", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-small, untrained."""
+    return _create("yolov5s", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5m(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-medium, untrained."""
+    return _create("yolov5m", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5l(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-large, untrained."""
+    return _create("yolov5l", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5x(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-xlarge, untrained."""
+    return _create("yolov5x", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s_RepVGG(pretrained=False, channels=3, classes=80, autoshape=True, device=None):  # noqa: N802
+    """RepVGGBlock backbone with the YOLOv5s head (this project's seed config), untrained."""
+    return _create("yolov5s_RepVGG", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s_OREPA(pretrained=False, channels=3, classes=80, autoshape=True, device=None):  # noqa: N802
+    """OREPA backbone with the YOLOv5s head, untrained."""
+    return _create("yolov5s_OREPA", pretrained, channels, classes, autoshape, device)
+
+
+if __name__ == "__main__":
+    from utils.general import ROOT
+
+    m = custom(ROOT / "runs/train/exp/weights/best.pt")
+    m([str(ROOT / "data/images/zidane.jpg"), str(ROOT / "data/images/bus.jpg")]).print()

@@ -1,0 +1,351 @@
+"""Inference backends: one small class per model format behind one call signature.
+
+    backend = load_backend("best.onnx", device="cpu")      # picks the class by suffix
+    pred = backend(im)                                      # im: (b, 3, h, w) float 0..1, any device
+
+Every backend exposes ``stride`` (int), ``names`` (list[str]), ``imgsz`` ((h, w) the file was exported
+for, or None when it accepts any size), ``batch`` (fixed batch size or None), ``fp16``, ``device`` and
+``end2end``. Calling it returns the decoded predictions ``(b, N, 5 + nc)`` as a float32 tensor on the
+input's device, the same tensor ``Model`` returns first in eval mode, so ``non_max_suppression`` takes
+it directly. Models exported with ``--nms`` (``end2end = True``) return ``(num_dets (b, 1),
+boxes (b, max_det, 4) xyxy, scores (b, max_det), classes (b, max_det))`` instead.
+
+Stride, names and image size come from the metadata each exporter writes into its file (see
+``export.py``): TorchScript ``config.txt``, ONNX ``metadata_props``, OpenVINO ``metadata.yaml`` and a
+length-prefixed JSON header in front of a TensorRT engine.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from utils.general import LOGGER
+
+SUPPORTED_FORMATS = {
+    ".pt": "PyTorch checkpoint of this project",
+    ".torchscript": "TorchScript",
+    ".onnx": "ONNX (ONNX Runtime)",
+    "_openvino_model/ or .xml": "OpenVINO IR",
+    ".engine": "TensorRT engine",
+}
+ENGINE_HEADER_BYTES = 4  # little-endian int32 length of the JSON metadata in front of an engine
+MAX_ENGINE_METADATA = 1 << 20  # a larger "length" means the file has no header (a bare engine)
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's runtime (package or hardware) is missing on this machine."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+# ---------------------------------------------------------------------------------------------
+
+def _decode(value):
+    """ONNX metadata values are strings; JSON-decode them, keep plain strings as they are."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value  # a plain string value such as a description
+
+
+def parse_metadata(raw: dict[str, Any] | None, source: str) -> dict:
+    """Normalise a format's metadata dict: stride int, names list, imgsz (h, w) tuple, flags bool."""
+    raw = {k: _decode(v) for k, v in (raw or {}).items()}
+    if "stride" not in raw or "names" not in raw:
+        LOGGER.warning(f"WARNING {source} has no stride/names metadata: assuming stride 32 and numbered class names")
+    names = raw.get("names") or []
+    if isinstance(names, dict):  # {id: name} as YOLOv5 data files write it
+        names = [names[k] for k in sorted(names, key=int)]
+    imgsz = raw.get("imgsz")
+    return {
+        "stride": int(raw.get("stride", 32)),
+        "names": [str(n) for n in names],
+        "imgsz": tuple(int(x) for x in imgsz) if imgsz else None,
+        "batch": int(raw["batch"]) if raw.get("batch") else None,
+        "dynamic": bool(raw.get("dynamic", False)),
+        "end2end": bool(raw.get("end2end", False)),
+        "half": bool(raw.get("half", False)),
+    }
+
+
+def write_engine_file(path: str | Path, metadata: dict, engine: bytes) -> Path:
+    """TensorRT engine with its metadata in front: int32 length (little-endian), JSON, engine bytes."""
+    header = json.dumps(metadata).encode()
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(ENGINE_HEADER_BYTES, byteorder="little", signed=True))
+        f.write(header)
+        f.write(engine)
+    return path
+
+
+def read_engine_file(path: str | Path) -> tuple[dict | None, bytes]:
+    """(metadata or None, serialized engine) from a file written by ``write_engine_file`` or a bare engine."""
+    data = Path(path).read_bytes()
+    n = int.from_bytes(data[:ENGINE_HEADER_BYTES], byteorder="little", signed=True)
+    if 0 < n <= min(MAX_ENGINE_METADATA, len(data) - ENGINE_HEADER_BYTES):
+        try:
+            meta = json.loads(data[ENGINE_HEADER_BYTES:ENGINE_HEADER_BYTES + n].decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            LOGGER.warning(f"WARNING {path}: no readable metadata header ({e}); reading it as a bare engine")
+        else:
+            if isinstance(meta, dict):
+                return meta, data[ENGINE_HEADER_BYTES + n:]
+    return None, data
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or ``BackendUnavailable`` naming everything that is missing."""
+    missing, trt = [], None
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        missing.append(f"the TensorRT Python package ('import tensorrt' failed: {e})")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
+    if missing:
+        raise BackendUnavailable("TensorRT needs an NVIDIA GPU with CUDA and TensorRT installed; missing: " + "; ".join(missing))
+    return trt
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------
+
+class Backend:
+    """Common interface and input checks; subclasses implement ``_forward``."""
+
+    def __init__(self, weights, device="cpu", fp16: bool = False):
+        self.weights = weights if isinstance(weights, nn.Module) else Path(weights)
+        self.device = torch.device(device)
+        self.fp16 = fp16
+        self.stride, self.names, self.imgsz, self.batch = 32, [], None, None
+        self.end2end = False
+
+    def _apply_metadata(self, meta: dict) -> None:
+        self.stride, self.names = meta["stride"], meta["names"]
+        self.imgsz = None if meta["dynamic"] else meta["imgsz"]
+        self.batch = None if meta["dynamic"] else meta["batch"]
+        self.end2end = meta["end2end"]
+
+    def _check_input(self, im: torch.Tensor) -> None:
+        if not isinstance(im, torch.Tensor) or im.ndim != 4 or im.shape[1] != 3:
+            got = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
+            raise ValueError(f"{type(self).__name__} expects a (b, 3, h, w) tensor, got {got}")
+        if self.imgsz is not None and tuple(im.shape[2:]) != tuple(self.imgsz):
+            raise ValueError(f"{self.weights} was exported for {self.imgsz[0]}x{self.imgsz[1]} images, got "
+                             f"{im.shape[2]}x{im.shape[3]} (export with --dynamic for any size)")
+        if self.batch is not None and im.shape[0] != self.batch:
+            raise ValueError(f"{self.weights} was exported for batch size {self.batch}, got {im.shape[0]} "
+                             "(export with --dynamic or that --batch-size)")
+
+    def __call__(self, im: torch.Tensor):
+        self._check_input(im)
+        y = self._forward(im)
+        if isinstance(y, (list, tuple)):
+            if self.end2end:
+                return tuple(torch.as_tensor(t).to(im.device) for t in y)
+            y = y[0]  # eval-mode PyTorch models return (decoded, raw maps)
+        return torch.as_tensor(y).to(device=im.device, dtype=torch.float32)
+
+    def _forward(self, im: torch.Tensor):
+        raise NotImplementedError
+
+    def warmup(self, imgsz=(1, 3, 640, 640)) -> None:
+        """One forward pass on zeros (at the exported shape when the model has a fixed one)."""
+        b = self.batch or imgsz[0]
+        h, w = self.imgsz or imgsz[2:]
+        self(torch.zeros(b, 3, h, w, device=self.device))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.weights}, stride={self.stride}, nc={len(self.names)}, "
+                f"imgsz={self.imgsz}, fp16={self.fp16}, end2end={self.end2end})")
+
+
+class PyTorchBackend(Backend):
+    """A checkpoint of this project (folded or not; folded on load) or an in-memory ``Model``."""
+
+    def __init__(self, weights, device="cpu", fp16: bool = False, fuse: bool = True):
+        from utils.checkpoint import load_model
+
+        super().__init__(weights, device, fp16)
+        if isinstance(weights, nn.Module):
+            model = weights.to(self.device).eval()
+            model = model.fuse() if fuse and hasattr(model, "fuse") else model
+        else:
+            model = load_model(self.weights, self.device, fuse=fuse)
+        self.model = model.half() if fp16 else model.float()
+        self.stride = int(max(model.stride))
+        self.names = [str(n) for n in model.names]
+
+    @torch.no_grad()
+    def _forward(self, im):
+        return self.model(im.to(self.device, torch.float16 if self.fp16 else torch.float32))
+
+
+class TorchScriptBackend(Backend):
+    """A traced model written by ``export.py --include torchscript`` (metadata in ``config.txt``)."""
+
+    def __init__(self, weights, device="cpu", fp16: bool = False):
+        super().__init__(weights, device, fp16)
+        extra = {"config.txt": ""}
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; loading it is this class's job
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=FutureWarning)
+            self.model = torch.jit.load(str(self.weights), _extra_files=extra, map_location=self.device).eval()
+        meta = parse_metadata(json.loads(extra["config.txt"]) if extra["config.txt"] else None, str(weights))
+        self._apply_metadata(meta)
+        self.fp16 = fp16 or meta["half"]
+        self.model = self.model.half() if self.fp16 else self.model.float()
+
+    @torch.no_grad()
+    def _forward(self, im):
+        return self.model(im.to(self.device, torch.float16 if self.fp16 else torch.float32))
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX file run by ONNX Runtime (CUDA provider on a CUDA device when installed)."""
+
+    def __init__(self, weights, device="cpu", fp16: bool = False):
+        import onnxruntime as ort
+
+        super().__init__(weights, device, fp16)
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+            else:
+                LOGGER.warning("WARNING onnxruntime has no CUDAExecutionProvider here: running ONNX on the CPU")
+        self.session = ort.InferenceSession(str(self.weights), providers=providers)
+        self._apply_metadata(parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(weights)))
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.fp16 = inp.name, inp.type == "tensor(float16)"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.end2end = self.end2end or self.output_names[:1] == ["num_dets"]
+
+    def _forward(self, im):
+        x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
+        y = self.session.run(self.output_names, {self.input_name: x})
+        return [torch.from_numpy(a) for a in y] if self.end2end else torch.from_numpy(y[0])
+
+
+class OpenVINOBackend(Backend):
+    """An OpenVINO IR (``<stem>_openvino_model/`` folder or its ``.xml``), run on the CPU plugin."""
+
+    def __init__(self, weights, device="cpu", fp16: bool = False):
+        import openvino as ov
+
+        super().__init__(weights, device, fp16)
+        path = Path(weights)
+        if path.is_dir():
+            xmls = sorted(path.glob("*.xml"))
+            if len(xmls) != 1:
+                raise FileNotFoundError(f"{path} should hold exactly one OpenVINO .xml model, found {len(xmls)}")
+            path = xmls[0]
+        meta_file = path.parent / "metadata.yaml"
+        meta = yaml.safe_load(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else None
+        self._apply_metadata(parse_metadata(meta, str(weights)))
+        self.fp16 = fp16 or bool(meta and meta.get("half"))
+        core = ov.Core()
+        # f32 unless fp16 is asked for: the CPU plugin would otherwise pick bf16 on CPUs that have it
+        config = {} if fp16 else {"INFERENCE_PRECISION_HINT": "f32"}
+        self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.end2end = self.end2end or len(self.model.outputs) == 4
+
+    def _forward(self, im):
+        result = self.model(im.detach().cpu().float().numpy())
+        y = [torch.from_numpy(np.asarray(result[o])) for o in self.model.outputs]
+        return y if self.end2end else y[0]
+
+
+class _TensorRTBindings:
+    """TensorRT API differences in one place: named I/O tensors (TRT >= 8.5) or binding indices (older)."""
+
+    def __init__(self, trt, engine, context):
+        self.trt, self.engine, self.context = trt, engine, context
+        self.named = hasattr(engine, "num_io_tensors")
+        if self.named:
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        else:
+            names = [engine.get_binding_name(i) for i in range(engine.num_bindings)]
+            inputs = [n for i, n in enumerate(names) if engine.binding_is_input(i)]
+        if len(inputs) != 1:
+            raise ValueError(f"expected an engine with one input, found {inputs}")
+        self.names, self.input = names, inputs[0]
+        self.outputs = [n for n in names if n not in inputs]
+
+    def dtype(self, name: str) -> torch.dtype:
+        e = self.engine
+        dt = e.get_tensor_dtype(name) if self.named else e.get_binding_dtype(e.get_binding_index(name))
+        return torch.from_numpy(np.empty(0, dtype=self.trt.nptype(dt))).dtype
+
+    def run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        e, c = self.engine, self.context
+        if self.named:
+            c.set_input_shape(self.input, tuple(x.shape))
+            outs = [torch.empty(tuple(c.get_tensor_shape(n)), dtype=self.dtype(n), device=x.device) for n in self.outputs]
+            for name, t in zip([self.input, *self.outputs], [x, *outs]):
+                c.set_tensor_address(name, t.data_ptr())
+            ok = c.execute_async_v3(torch.cuda.current_stream(x.device).cuda_stream)
+        else:
+            c.set_binding_shape(e.get_binding_index(self.input), tuple(x.shape))
+            outs = [torch.empty(tuple(c.get_binding_shape(e.get_binding_index(n))), dtype=self.dtype(n),
+                                device=x.device) for n in self.outputs]
+            ptrs = dict(zip([self.input, *self.outputs], [t.data_ptr() for t in (x, *outs)]))
+            ok = c.execute_v2([ptrs[n] for n in self.names])
+        if not ok:
+            raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
+        torch.cuda.current_stream(x.device).synchronize()
+        return outs
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine written by ``export.py --include engine`` (needs CUDA and ``tensorrt``)."""
+
+    def __init__(self, weights, device="cuda:0", fp16: bool = False):
+        trt = import_tensorrt()
+        super().__init__(weights, device, fp16)
+        if self.device.type != "cuda":
+            raise ValueError(f"TensorRT engines run on a CUDA device, got device={device!r} (use e.g. 'cuda:0')")
+        meta, engine_bytes = read_engine_file(self.weights)
+        self._apply_metadata(parse_metadata(meta, str(weights)))
+        self.fp16 = fp16 or bool(meta and meta.get("half"))
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        with torch.cuda.device(self.device):
+            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(engine_bytes)
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {weights} (built with another TensorRT version or GPU?)")
+            self.context = self.engine.create_execution_context()
+        self.io = _TensorRTBindings(trt, self.engine, self.context)
+        self.end2end = self.end2end or self.io.outputs[:1] == ["num_dets"]
+
+    def _forward(self, im):
+        x = im.to(self.device, self.io.dtype(self.io.input)).contiguous()
+        y = self.io.run(x)
+        return y if self.end2end else y[0]
+
+
+def load_backend(weights, device="cpu", fp16: bool = False) -> Backend:
+    """The backend for ``weights``, chosen by its suffix (or an in-memory ``Model``)."""
+    if isinstance(weights, nn.Module):
+        return PyTorchBackend(weights, device, fp16)
+    path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.is_dir() and path.name.endswith("_openvino_model") or path.suffix == ".xml":
+        return OpenVINOBackend(path, device, fp16)
+    backends = {".pt": PyTorchBackend, ".torchscript": TorchScriptBackend, ".onnx": OnnxRuntimeBackend,
+                ".engine": TensorRTBackend}
+    if path.suffix not in backends:
+        supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FORMATS.items())
+        raise ValueError(f"unsupported model format: {path}; supported: {supported}")
+    return backends[path.suffix](path, device, fp16)

@@ -1,0 +1,321 @@
+"""One function per export format; ``export.py`` is the command line around them.
+
+Every exporter takes an ``ExportContext`` (the folded model, an example input and the options) and
+returns the path it wrote. Each writes stride, class names and image size into its file's metadata
+so ``utils.backends.load_backend`` can run the file without the training code's config.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+import yaml
+from torch import Tensor, nn
+
+from models.yolo import Detect
+from utils.backends import import_tensorrt, write_engine_file
+from utils.checkpoint import save_checkpoint
+from utils.general import LOGGER
+from utils.ops import xywh2xyxy
+
+NMS_FORMATS = ("onnx", "openvino", "engine")  # formats whose graph can carry NonMaxSuppression
+
+
+@dataclass
+class ExportContext:
+    """What every exporter needs: the folded model, an example input and the export options."""
+
+    model: nn.Module  # folded, eval mode, Detect.export set
+    im: Tensor  # example input (b, 3, h, w) on the model's device
+    weights: Path  # the source checkpoint; outputs go beside it
+    names: list[str]
+    half: bool = False
+    dynamic: bool = False
+    simplify: bool = False
+    opset: int = 17
+    workspace: float = 4.0  # GB, TensorRT builder
+    nms: bool = False
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    max_det: int = 300
+    verbose: bool = False
+    exported: dict = field(default_factory=dict)  # format -> file written in this run (engine reuses the ONNX)
+
+    @property
+    def stride(self) -> int:
+        return int(max(self.model.stride))
+
+    def file(self, suffix: str) -> Path:
+        """``<weights stem><suffix>`` beside the weights."""
+        return self.weights.with_name(self.weights.stem + suffix)
+
+    def metadata(self, half: bool | None = None, end2end: bool = False) -> dict:
+        """Plain metadata written into every exported file (read back by ``utils.backends``)."""
+        meta = {
+            "description": "yolo-reparam detector (folded)",
+            "stride": self.stride,
+            "names": list(self.names),
+            "nc": len(self.names),
+            "imgsz": list(self.im.shape[2:]),
+            "batch": int(self.im.shape[0]),
+            "dynamic": self.dynamic,
+            "half": self.half if half is None else half,
+            "end2end": end2end,
+        }
+        if end2end:
+            meta.update(conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det)
+        return meta
+
+
+def set_export_mode(model: nn.Module, dynamic: bool) -> nn.Module:
+    """Make ``Detect`` return only the decoded tensor (and rebuild its grids per call when dynamic)."""
+    for m in model.modules():
+        if isinstance(m, Detect):
+            m.export, m.dynamic = True, dynamic
+    return model
+
+
+def _half_model_and_input(ctx: ExportContext, fmt: str) -> tuple[nn.Module, Tensor]:
+    """The model and input in the precision ``fmt`` is traced in (fp16 only on CUDA, as in YOLOv5)."""
+    if not ctx.half:
+        return ctx.model, ctx.im
+    if ctx.im.device.type != "cuda":
+        raise ValueError(f"--half {fmt} export needs a CUDA device (--device 0): fp16 tracing on the CPU is not "
+                         "supported; use openvino or engine for fp16 from a CPU machine")
+    import copy
+
+    return copy.deepcopy(ctx.model).half(), ctx.im.half()
+
+
+# ---------------------------------------------------------------------------------------------
+# fused checkpoint and TorchScript
+# ---------------------------------------------------------------------------------------------
+
+def export_fused(ctx: ExportContext) -> Path:
+    """The folded model as a plain-data checkpoint (loads with ``torch.load(weights_only=True)``)."""
+    if ctx.half:
+        LOGGER.info("fused: --half does not apply (the checkpoint keeps fp32 weights; cast at load time)")
+    return save_checkpoint(ctx.file("-fused.pt"), ctx.model)  # export.py set model.names = ctx.names
+
+
+def export_torchscript(ctx: ExportContext) -> Path:
+    """``torch.jit.trace`` of the folded model, metadata as ``config.txt`` in the archive."""
+    model, im = _half_model_and_input(ctx, "torchscript")
+    f = ctx.file(".torchscript")
+    with warnings.catch_warnings():
+        # Detect compares grid and feature shapes in Python: constant for a traced fixed-size input, by design
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # deprecated in torch >= 2.10 in favour of torch.export, but TorchScript is the format asked for
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=FutureWarning)
+        # check_trace off: verify_export compares the saved file's output with the model's anyway
+        ts = torch.jit.trace(model, im, strict=False, check_trace=False)
+        ts.save(str(f), _extra_files={"config.txt": json.dumps(ctx.metadata())})
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX (optionally end-to-end with NonMaxSuppression)
+# ---------------------------------------------------------------------------------------------
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` in a traced graph; in PyTorch the same selection via torchvision.
+
+    Returns selected indices (n, 3) rows [batch, class, box], as the ONNX operator does.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_det: int, iou_thres: float, conf_thres: float) -> Tensor:
+        rows = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                idx = (scores[b, c] > conf_thres).nonzero().view(-1)
+                keep = idx[torchvision.ops.nms(boxes[b, idx], scores[b, c, idx], iou_thres)][:max_det]
+                rows.append(torch.stack((torch.full_like(keep, b), torch.full_like(keep, c), keep), 1))
+        return torch.cat(rows)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_det: int, iou_thres: float, conf_thres: float):
+        max_out = g.op("Constant", value_t=torch.tensor([max_det], dtype=torch.int64))
+        iou = g.op("Constant", value_t=torch.tensor([iou_thres], dtype=torch.float32))
+        conf = g.op("Constant", value_t=torch.tensor([conf_thres], dtype=torch.float32))
+        # corner boxes: ONNX reads [y1, x1, y2, x2], and IoU is the same with x and y swapped
+        return g.op("NonMaxSuppression", boxes, scores, max_out, iou, conf, center_point_box_i=0)
+
+
+class End2End(nn.Module):
+    """Detector plus NMS in one graph, YOLOv5 ``non_max_suppression`` semantics (best class per box).
+
+    Outputs ``num_dets (b, 1) int32``, ``boxes (b, max_det, 4)`` xyxy pixels, ``scores (b, max_det)``
+    and ``classes (b, max_det) int32``, sorted by score; padding rows are zero with class -1.
+    NMS runs per class (ONNX NonMaxSuppression over a (b, nc, N) score tensor holding each box's
+    best-class score only), so classes never suppress each other.
+    """
+
+    def __init__(self, model: nn.Module, max_det: int = 300, iou_thres: float = 0.45, conf_thres: float = 0.25):
+        super().__init__()
+        self.model, self.max_det, self.iou_thres, self.conf_thres = model, max_det, iou_thres, conf_thres
+
+    def forward(self, x: Tensor):
+        p = self.model(x).float()  # ONNX NonMaxSuppression takes float32 only
+        boxes = xywh2xyxy(p[..., :4])
+        best, cls = (p[..., 5:] * p[..., 4:5]).max(2)  # score = obj * cls, as non_max_suppression
+        # each box's best-class score in its class row, zero elsewhere; a mask, not zeros_like().scatter(),
+        # which constant folding would store as a (b, N, nc) initializer in a fixed-shape graph
+        one_hot = cls.unsqueeze(2) == torch.arange(p.shape[2] - 5, device=p.device)
+        per_class = (best.unsqueeze(2) * one_hot).transpose(1, 2)
+        sel = _NonMaxSuppression.apply(boxes, per_class, self.max_det, self.iou_thres, self.conf_thres)
+        bi, ai = sel[:, 0], sel[:, 2]
+        # scatter kept scores into a (b, N + max_det) table of -1 and take the top max_det: a fixed-shape
+        # output whatever the count; the max_det extra columns keep topk valid for tiny dynamic inputs
+        pad = torch.full_like(best[:, :1], -1.0).expand(-1, self.max_det)
+        kept = best.flatten().index_select(0, bi * best.shape[1] + ai)  # a Gather: no advanced-indexing export
+        table = torch.cat((torch.full_like(best, -1.0), pad), 1).index_put((bi, ai), kept)
+        top, idx = table.topk(self.max_det, 1)
+        valid = top >= 0
+        boxes = torch.cat((boxes, torch.zeros_like(boxes[:, :1]).expand(-1, self.max_det, -1)), 1)
+        cls = torch.cat((cls, torch.zeros_like(cls[:, :1]).expand(-1, self.max_det)), 1)
+        out_boxes = boxes.gather(1, idx.unsqueeze(2).expand(-1, -1, 4)) * valid.unsqueeze(2)
+        out_cls = torch.where(valid, cls.gather(1, idx), torch.full_like(idx, -1))
+        return valid.sum(1, keepdim=True).int(), out_boxes, top * valid, out_cls.int()
+
+
+def _torch_onnx_export(model: nn.Module, im: Tensor, f: Path, opset: int, output_names: list[str],
+                       dynamic_axes: dict | None, verbose: bool) -> None:
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        # the TorchScript-based exporter, which torch >= 2.9 no longer picks by default: autograd.Function
+        # symbolics (our NonMaxSuppression) and dynamic_axes are features of that exporter
+        kwargs["dynamo"] = False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # see export_torchscript
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")  # chosen on purpose
+        torch.onnx.export(model, im, str(f), opset_version=opset, do_constant_folding=True, verbose=verbose,
+                          input_names=["images"], output_names=output_names, dynamic_axes=dynamic_axes, **kwargs)
+
+
+def export_onnx(ctx: ExportContext, f: Path | None = None, nms: bool | None = None, half: bool | None = None) -> Path:
+    """ONNX at ``ctx.opset``; metadata in ``metadata_props``; checked, optionally slimmed (onnxslim)."""
+    import onnx
+
+    nms = ctx.nms if nms is None else nms
+    half = ctx.half if half is None else half
+    f = f or ctx.file(".onnx")
+    if half:
+        model, im = _half_model_and_input(ctx, "onnx")
+    else:
+        model, im = ctx.model, ctx.im
+    if nms:
+        model = End2End(model, ctx.max_det, ctx.iou_thres, ctx.conf_thres).eval()
+        outputs = ["num_dets", "boxes", "scores", "classes"]
+        dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch"} for k in outputs}}
+    else:
+        outputs = ["output0"]
+        dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}}
+    _torch_onnx_export(model, im, f, ctx.opset, outputs, dynamic_axes if ctx.dynamic else None, ctx.verbose)
+
+    model_onnx = onnx.load(str(f))
+    onnx.checker.check_model(model_onnx)
+    if ctx.simplify:
+        import onnxslim
+
+        n_before = len(model_onnx.graph.node)
+        model_onnx = onnxslim.slim(model_onnx)
+        onnx.checker.check_model(model_onnx)
+        LOGGER.info(f"onnxslim: {n_before} -> {len(model_onnx.graph.node)} nodes")
+    del model_onnx.metadata_props[:]
+    for k, v in ctx.metadata(half=half, end2end=nms).items():
+        entry = model_onnx.metadata_props.add()
+        entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
+    onnx.save(model_onnx, str(f))
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenVINO
+# ---------------------------------------------------------------------------------------------
+
+def export_openvino(ctx: ExportContext) -> Path:
+    """OpenVINO IR converted from a fresh fp32 ONNX; ``--half`` stores FP16 weights."""
+    import openvino as ov
+
+    d = ctx.file("_openvino_model")
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:  # an fp32 ONNX of its own: --half ONNX needs CUDA, OpenVINO does not
+        onnx_file = export_onnx(ctx, Path(tmp) / f"{ctx.weights.stem}.onnx", half=False)
+        ov_model = ov.convert_model(str(onnx_file))
+    xml = d / f"{ctx.weights.stem}.xml"
+    ov.save_model(ov_model, str(xml), compress_to_fp16=ctx.half)  # explicit: save_model defaults to FP16
+    meta = ctx.metadata(end2end=ctx.nms)
+    with open(d / "metadata.yaml", "w", encoding="utf-8") as fh:
+        yaml.safe_dump(meta, fh, sort_keys=False, allow_unicode=True)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorRT
+# ---------------------------------------------------------------------------------------------
+
+def _build_serialized_engine(trt, onnx_file: Path, ctx: ExportContext) -> bytes:
+    """Parse the ONNX file and build a serialized engine; every TensorRT version difference is here."""
+    logger = trt.Logger(trt.Logger.VERBOSE if ctx.verbose else trt.Logger.INFO)
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    workspace = int(ctx.workspace * (1 << 30))
+    if hasattr(config, "set_memory_pool_limit"):  # TensorRT >= 8.4
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    else:
+        config.max_workspace_size = workspace
+    major = int(trt.__version__.split(".")[0])
+    # explicit batch is the only mode from TensorRT 10 on, where the flag is deprecated
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_file}: {errors}")
+    if ctx.dynamic:  # --batch-size and --imgsz are the largest shapes the engine accepts
+        b, _, h, w = ctx.im.shape
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            name = network.get_input(i).name
+            profile.set_shape(name, (1, 3, ctx.stride, ctx.stride), (max(1, b // 2), 3, h, w), (b, 3, h, w))
+        config.add_optimization_profile(profile)
+    if ctx.half:
+        if getattr(builder, "platform_has_fast_fp16", True):  # deprecated (always true) in TensorRT 10
+            config.set_flag(trt.BuilderFlag.FP16)
+        else:
+            LOGGER.warning("WARNING this GPU has no fast FP16: building an FP32 engine")
+    if hasattr(builder, "build_serialized_network"):  # TensorRT >= 8
+        serialized = builder.build_serialized_network(network, config)
+    else:
+        engine = builder.build_engine(network, config)
+        serialized = engine.serialize() if engine is not None else None
+    if serialized is None:
+        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
+    return bytes(serialized)
+
+
+def export_engine(ctx: ExportContext) -> Path:
+    """TensorRT engine built from the ONNX file, with a length-prefixed JSON metadata header."""
+    trt = import_tensorrt()  # first: a missing TensorRT or CUDA fails before any work
+    if ctx.im.device.type != "cuda":
+        raise ValueError("TensorRT export needs the model on a CUDA device: use --device 0")
+    onnx_file = ctx.exported.get("onnx") or export_onnx(ctx)
+    LOGGER.info(f"TensorRT {trt.__version__}: building from {onnx_file} (workspace {ctx.workspace} GB)")
+    engine = _build_serialized_engine(trt, Path(onnx_file), ctx)
+    return write_engine_file(ctx.file(".engine"), ctx.metadata(end2end=ctx.nms), engine)
+
+
+EXPORTERS = {
+    "fused": export_fused,
+    "torchscript": export_torchscript,
+    "onnx": export_onnx,
+    "openvino": export_openvino,
+    "engine": export_engine,
+}
