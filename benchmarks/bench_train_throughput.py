@@ -411,7 +411,7 @@ def main(argv=None) -> int:
                     YOLO_OFFLINE="1", YOLOv5_AUTOINSTALL="false")
     common = ["--data", str(run_data), "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", "cpu",
-              "--noval", "--noplots", "--name", "exp"]
+              "--optimizer", "SGD", "--noval", "--noplots", "--name", "exp"]
 
     def y5_cmd(project: Path):
         return ([args.yolov5_python, str(launcher), str(y5_pkg / "train.py"), "--weights", "", "--cfg", str(y5_pkg / "models/yolov5s.yaml"),
