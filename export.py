@@ -279,7 +279,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image size: h [w]")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size (the largest with --dynamic engine)")
     parser.add_argument("--device", default="cpu", help="cpu or a CUDA id such as 0")
-    parser.add_argument("--half", action="store_true", help="FP16 (torchscript/onnx need CUDA; openvino, engine)")
+    parser.add_argument("--half", action="store_true", help="FP16 weights and inputs (CPU fp16 tracing needs a torch build with CPU half kernels)")
     parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO/TensorRT: dynamic batch and image size")
     parser.add_argument("--simplify", action="store_true", help="ONNX: slim the graph with onnxslim")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (12 for OpenCV DNN)")

@@ -120,8 +120,6 @@ def prepare(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict, di
         opt.hyp = str(base / data["hyp"]) if data.get("hyp") else str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
-    if not opt.cfg and ckpt is None:  # fine-tune one of our checkpoints: its own architecture
-        opt.cfg = read_checkpoint(opt.weights)["yaml"]
     hyp = ckpt["hyp"] if ckpt is not None else load_yaml(opt.hyp)
     missing = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "box", "cls", "obj", "anchor_t"} - set(hyp)
     if missing:

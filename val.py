@@ -11,80 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from utils.coco import COCO80_TO_91, coco_evaluate, detections_to_json, find_coco_annotations, ground_truth_json
+from utils.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json
+from utils.evaluator import Collector, evaluate, output_to_target, per_class_map, score  # noqa: F401 (re-exported)
 from utils.general import LOGGER, ROOT, increment_path, setup_logging
-from utils.metric_plots import plot_metric_curves
-from utils.metrics import ConfusionMatrix, evaluate_detections
-from utils.ops import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
-from utils.plots import plot_images
 from utils.torch_utils import de_parallel, select_device
-
-
-class Collector:
-    """Detections and labels of every image, in original-image pixels, plus optional txt/json output."""
-
-    def __init__(self, single_cls: bool, save_txt: bool, save_conf: bool, save_json: bool, class_map, save_dir: Path):
-        self.single_cls, self.save_txt, self.save_conf = single_cls, save_txt, save_conf
-        self.save_json, self.class_map, self.save_dir = save_json, class_map, save_dir
-        self.preds, self.targets, self.paths, self.shapes, self.json = [], [], [], [], []
-
-    def add_batch(self, preds, targets, im, paths, shapes) -> None:
-        for si, pred in enumerate(preds):
-            labels = targets[targets[:, 0] == si, 1:]
-            shape0, ratio_pad = shapes[si][0], shapes[si][1]
-            predn = pred.clone()
-            if self.single_cls:
-                predn[:, 5] = 0
-            scale_boxes(im.shape[2:], predn[:, :4], shape0, ratio_pad)
-            tbox = xywh2xyxy(labels[:, 1:5])
-            scale_boxes(im.shape[2:], tbox, shape0, ratio_pad)
-            predn = predn.float().cpu().numpy()
-            self.preds.append(predn)
-            self.targets.append(torch.cat((labels[:, :1], tbox), 1).float().cpu().numpy())
-            self.paths.append(str(paths[si]))
-            self.shapes.append(tuple(int(x) for x in shape0))
-            if self.save_txt:
-                self.write_txt(predn, shape0, Path(paths[si]))
-            if self.save_json:
-                self.json.extend(detections_to_json(predn, paths[si], self.class_map))
-
-    def write_txt(self, predn: np.ndarray, shape0, path: Path) -> None:
-        gain = np.array([shape0[1], shape0[0], shape0[1], shape0[0]], dtype=np.float64)
-        lines = []
-        for *xyxy, conf, cls in predn.tolist():
-            xywh = (xyxy2xywh(np.array([xyxy], dtype=np.float64)) / gain)[0]
-            row = (int(cls), *xywh, conf) if self.save_conf else (int(cls), *xywh)
-            lines.append(("%g " * len(row)).rstrip() % row)
-        out = self.save_dir / "labels" / f"{path.stem}.txt"
-        out.write_text("".join(line + "\n" for line in lines))
-
-
-def output_to_target(preds) -> torch.Tensor:
-    """NMS output list -> (n, 7) [batch, cls, x, y, w, h, conf] in pixels, for plot_images."""
-    rows = []
-    for i, p in enumerate(preds):
-        p = p[:, :6].detach().cpu().float()
-        rows.append(torch.cat((torch.full((len(p), 1), float(i)), p[:, 5:6], xyxy2xywh(p[:, :4]), p[:, 4:5]), 1))
-    return torch.cat(rows, 0) if rows else torch.zeros((0, 7))
-
-
-def log_table(results: dict, names, n_images: int, n_instances: int, verbose: bool) -> None:
-    LOGGER.info(("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"))
-    fmt = "%22s" + "%11i" * 2 + "%11.3g" * 4
-    LOGGER.info(fmt % ("all", n_images, n_instances, results["precision"], results["recall"], results["map50"], results["map"]))
-    if n_instances == 0:
-        LOGGER.warning("no labels found in the validation set: metrics cannot be computed")
-    if verbose and len(names) > 1:
-        for i, c in enumerate(results["classes"]):
-            LOGGER.info(fmt % (names[int(c)], n_images, results["nt"][i], results["p"][i], results["r"][i],
-                               results["ap50"][i], results["ap"][i].mean()))
 
 
 class ExportedModel:
@@ -108,7 +42,6 @@ def load_for_validation(weights, data, task, device, batch_size, imgsz, half, si
     rect = True
     if Path(weights).suffix == ".pt":  # ours, folded or not, exactly as stored
         model = load_model(weights, device)
-        model.half() if half else model.float()
     else:
         backend = load_backend(weights, device, fp16=half)
         if backend.end2end:
@@ -158,7 +91,6 @@ def run(
         device = next(model.parameters()).device
         half &= device.type != "cpu"
         model = de_parallel(model)
-        model.half() if half else model.float()
     else:
         device = select_device(device, batch_size)
         half &= device.type != "cpu"
@@ -169,57 +101,25 @@ def run(
         model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls,
                                                       workers, augment)
         names = data["names"]
-    is_module = isinstance(model, torch.nn.Module)
-    if is_module:
-        model.eval()
     nc = 1 if single_cls else int(model.yaml["nc"])
     names = list(names or getattr(model, "names", None) or range(nc))
     class_map = COCO80_TO_91 if find_coco_annotations(data or {}) is not None else None
     collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
-    loss = torch.zeros(3, device=device)
-    dt = [0.0, 0.0, 0.0]
-    for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="validating", leave=False)):
-        t0 = time.perf_counter()
-        im = im.to(device, non_blocking=True)
-        im = (im.half() if half else im.float()) / 255
-        targets = targets.to(device)
-        t1 = time.perf_counter()
-        preds, train_out = model(im, augment=augment) if augment else model(im)
-        t2 = time.perf_counter()
-        if compute_loss and train_out is not None:
-            loss += compute_loss(train_out, targets)[1]
-        targets[:, 2:] *= torch.tensor((im.shape[3], im.shape[2]) * 2, device=device)
-        preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=single_cls, max_det=max_det)
-        t3 = time.perf_counter()
-        dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
-        collector.add_batch(preds, targets, im, paths, shapes)
-        if plots and batch_i < 3:
-            plot_images(im, targets, paths, Path(save_dir) / f"val_batch{batch_i}_labels.jpg", names)
-            plot_images(im, output_to_target(preds), paths, Path(save_dir) / f"val_batch{batch_i}_pred.jpg", names)
-    results = evaluate_detections(collector.preds, collector.targets, nc)
-    seen, n_instances = len(collector.preds), int(sum(len(t) for t in collector.targets))
-    log_table(results, names, seen, n_instances, verbose or (not training and nc < 50))
+    loss, dt = evaluate(model, dataloader, collector, device=device, half=half, conf_thres=conf_thres,
+                        iou_thres=iou_thres, max_det=max_det, augment=augment, compute_loss=compute_loss,
+                        plots=plots, save_dir=save_dir, names=names)
+    results = score(collector, nc, names, verbose=verbose or (not training and nc < 50), plots=plots, save_dir=save_dir)
+    seen = len(collector.preds)
     times = tuple(x / max(seen, 1) * 1e3 for x in dt)
     if not training:
         shape = (batch_size, 3, imgsz, imgsz)
         LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s" % (*times, shape))
-    if plots:
-        confusion = ConfusionMatrix(nc=nc)
-        for pred, target in zip(collector.preds, collector.targets):
-            confusion.process_batch(pred, target)
-        confusion.plot(save_dir, names)
-        plot_metric_curves(results, save_dir, names)
     if save_json and seen:
         results["coco"] = evaluate_with_pycocotools(collector, names, data, Path(save_dir), weights)
     if not training and (save_txt or save_json or plots):
         LOGGER.info(f"Results saved to {save_dir}")
-    maps = np.zeros(nc) + results["map"]
-    for i, c in enumerate(results["classes"]):
-        maps[int(c)] = results["ap"][i].mean()
-    if is_module:
-        model.float()
     metrics = (results["precision"], results["recall"], results["map50"], results["map"])
-    return (*metrics, *(loss.cpu() / max(len(dataloader), 1)).tolist()), maps, times
+    return (*metrics, *loss.cpu().tolist()), per_class_map(results, nc), times
 
 
 def parse_opt(argv=None):

@@ -37,8 +37,7 @@ class Detect(nn.Module):
         self.no = nc + 5  # outputs per anchor: xywh, objectness, classes
         self.nl = len(anchors)
         self.na = len(anchors[0]) // 2
-        self.grid = [torch.empty(0) for _ in range(self.nl)]
-        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        self.grid = [torch.empty(0) for _ in range(self.nl)]  # cell offsets per level, see _grid()
         # anchors are in grid units after Model.__init__; a persistent buffer so AutoAnchor's edits travel
         self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
         self.register_buffer("stride", torch.zeros(self.nl), persistent=False)  # not in YOLOv5's state dict
@@ -54,23 +53,33 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
-                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+                grid = self._grid(nx, ny, i)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + self.grid[i]) * self.stride[i]
-                wh = (wh * 2) ** 2 * self.anchor_grid[i]
+                xy = (xy * 2 + grid) * self.stride[i]
+                wh = (wh * 2) ** 2 * self._anchor_grid(i)
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         if self.training:
             return x
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
 
-    def _make_grid(self, nx: int, ny: int, i: int):
-        d, t = self.anchors[i].device, self.anchors[i].dtype
-        shape = 1, self.na, ny, nx, 2
-        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5  # offset so xy*2-0.5 spans -0.5..1.5
-        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
-        return grid, anchor_grid
+    def _grid(self, nx: int, ny: int, i: int) -> Tensor:
+        """Cell offsets (1, na, ny, nx, 2), cached per level. They depend only on the map's size and the
+        anchors' device and dtype, which the cache is checked against (a model moved by .half() or
+        .to() must not decode with a stale grid)."""
+        a = self.anchors
+        g = self.grid[i]
+        if self.dynamic or g.shape[2:4] != (ny, nx) or g.device != a.device or g.dtype != a.dtype:
+            # arange in fp32, then cast: the ONNX exporter cannot type a half-precision Range
+            yv, xv = torch.meshgrid(torch.arange(ny, device=a.device, dtype=torch.float32),
+                                    torch.arange(nx, device=a.device, dtype=torch.float32), indexing="ij")
+            g = (torch.stack((xv, yv), 2).expand((1, self.na, ny, nx, 2)) - 0.5).to(a.dtype)  # xy*2-0.5: -0.5..1.5
+            self.grid[i] = g
+        return g
+
+    def _anchor_grid(self, i: int) -> Tensor:
+        """Anchor sizes in pixels (1, na, 1, 1, 2) from the anchors and stride in use now. Never cached:
+        loading a checkpoint or AutoAnchor changes the anchors in place, and this is 6 multiplications."""
+        return (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------

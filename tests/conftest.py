@@ -44,6 +44,25 @@ def coco128_run(tmp_path_factory) -> Path:
     return project / "exp"
 
 
+@pytest.fixture(scope="session")
+def shapes_trained(tmp_path_factory):
+    """The embedded default recipe (data/shapes.yaml's recommendations) on the real generated set, shortened
+    to 12 of its 30 epochs: (run folder, final metrics, data YAML). A model that detects, for checks that need
+    real detections (reduced precision against fp32, for one)."""
+    import yaml
+
+    import train
+
+    tmp = tmp_path_factory.mktemp("shapes_trained")
+    cfg = yaml.safe_load((ROOT / "data" / "shapes.yaml").read_text())
+    cfg["path"] = str(tmp / "shapes")
+    cfg["hyp"] = str(ROOT / "data" / cfg["hyp"])
+    data = tmp / "shapes.yaml"
+    data.write_text(yaml.safe_dump(cfg))
+    results = train.run(data=str(data), epochs=12, workers=2, project=str(tmp), name="exp", noplots=True)
+    return tmp / "exp", results, data
+
+
 @pytest.fixture
 def yolo_logs(caplog):
     """Records of the project logger (which does not propagate once setup_logging ran)."""

@@ -420,3 +420,27 @@ def test_disk_cache_fallback(clean_ds, tmp_path):
     i = ds.im_files.index(str(blocked.with_suffix(".jpg")))
     assert ds.npy_files[i].is_file() and (tmp_path / "home" / ".cache" / "yolo-reparam") in ds.npy_files[i].parents
     assert torch.equal(ds[i][0], LoadImagesAndLabels(clean_ds, img_size=160, nc=80)[i][0])
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_rect_batches_under_ddp_stay_in_one_shape_group(world_size, monkeypatch):
+    """Each rank gets whole rect batches (a plain DistributedSampler mixes shape groups and the batch cannot
+    be stacked); across ranks every image comes once, and all ranks take the same number of steps."""
+    from conftest import SHARED
+
+    images = SHARED / "datasets" / "coco128" / "images" / "train2017"
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    per_rank = []
+    for rank in range(world_size):
+        loader, ds = create_dataloader(images, 64, 5, 32, rect=True, pad=0.5, rank=rank, workers=0, nc=80)
+        loader.set_epoch(1)
+        paths = []
+        for imgs, labels, batch_paths, shapes in loader:  # stacking a mixed batch would raise here
+            groups = {int(ds.batch[ds.im_files.index(p)]) for p in batch_paths}
+            assert len(groups) == 1 and tuple(imgs.shape[2:]) == tuple(ds.batch_shapes[groups.pop()])
+            paths.extend(batch_paths)
+        per_rank.append((len(loader), paths))
+    assert len({n for n, _ in per_rank}) == 1  # same step count on every rank
+    everything = [p for _, paths in per_rank for p in paths]
+    assert set(everything) == set(ds.im_files)
+    assert len(everything) - len(ds.im_files) <= 5 * (world_size - 1)  # repeats only to even out the last round

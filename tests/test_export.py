@@ -203,6 +203,26 @@ def test_openvino_half(repvgg_checkpoint):
         assert rel_error(model(x)[0], load_backend(result.file)(x)) < FP16_RTOL
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_half_onnx_and_torchscript_run_in_fp16(repvgg_checkpoint, tmp_path, fmt):
+    """--half traced on the CPU: an fp16 graph (fp16 input, as a CUDA export makes it) that ONNX Runtime
+    or TorchScript runs, within the fp16 tolerance of the fp32 folded model."""
+    weights = private_copy(repvgg_checkpoint, tmp_path)
+    (result,) = export.run(weights=weights, include=[fmt], imgsz=IMGSZ, half=True)
+    assert result.ok, result.error
+    assert result.error_ratio <= export.TOLERANCE["fp16"]
+    backend = load_backend(result.file)
+    assert backend.fp16
+    if fmt == "onnx":
+        assert OnnxRuntimeBackend(result.file).session.get_inputs()[0].type == "tensor(float16)"
+    model = load_model(repvgg_checkpoint, fuse=True)
+    x = export.example_input(IMGSZ, 1, "cpu")
+    with torch.no_grad():
+        ref = model(x)[0]
+    out = backend(x)
+    assert out.dtype == torch.float32 and 0 < rel_error(ref, out) < FP16_RTOL  # not fp32 in disguise
+
+
 def test_nms_refused_for_formats_without_it(repvgg_checkpoint):
     (result,) = export.run(weights=repvgg_checkpoint, include=["torchscript"], imgsz=64, nms=True)
     assert not result.ok and "--nms is supported for onnx" in result.error and result.file is None
@@ -252,3 +272,60 @@ def test_tensorrt_backend_names_what_is_missing(tmp_path):
     f = write_engine_file(tmp_path / "m.engine", {"stride": 32, "names": []}, b"x")
     with pytest.raises(BackendUnavailable, match="TensorRT.*missing:.*CUDA"):
         TensorRTBackend(f)
+
+
+class _StandInTensorRT:
+    """The few TensorRT API calls _TensorRTBindings makes, behaving as TensorRT 10 does for a dynamic engine
+    with one profile (TensorRT itself cannot be installed on a machine without CUDA). Outside the profile,
+    set_input_shape returns False and output shapes come back with -1 dimensions."""
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "in", "out"
+
+    @staticmethod
+    def nptype(dtype):
+        return dtype
+
+    class Engine:
+        num_io_tensors = 2
+        profile = ((1, 3, 32, 32), (1, 3, 640, 640), (4, 3, 640, 640))
+
+        def get_tensor_name(self, i):
+            return ["images", "output0"][i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "images" else "out"
+
+        def get_tensor_profile_shape(self, name, profile_index):
+            return self.profile
+
+        def get_tensor_dtype(self, name):
+            import numpy as np
+
+            return np.float32
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shape = engine, None
+
+        def set_input_shape(self, name, shape):
+            lo, _, hi = self.engine.profile
+            self.shape = shape if all(a <= s <= b for a, s, b in zip(lo, shape, hi)) else None
+            return self.shape is not None
+
+        def get_tensor_shape(self, name):
+            if self.shape is None:
+                return (-1, -1, 85)
+            b, _, h, w = self.shape
+            return (b, 3 * (h * w // 64 + h * w // 256 + h * w // 1024), 85)
+
+
+def test_tensorrt_input_outside_the_profile_says_which_shapes_it_takes():
+    from utils.backends import _TensorRTBindings
+
+    trt = _StandInTensorRT
+    engine = trt.Engine()
+    io = _TensorRTBindings(trt, engine, trt.Context(engine))
+    assert io.input == "images" and io.outputs == ["output0"]
+    with pytest.raises(ValueError, match=r"\(1, 3, 32, 32\) to \(4, 3, 640, 640\)"):
+        io.run(torch.zeros(1, 3, 1280, 1280))

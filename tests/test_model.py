@@ -180,3 +180,41 @@ def test_info_reports_layers_parameters_and_gflops(caplog):
     assert "RepVGGBlock" in text and "GFLOPs" in text and f"{summary['parameters']} parameters" in text
     folded = model.fuse().info(verbose=False)
     assert folded["gflops"] < summary["gflops"] and folded["parameters"] < summary["parameters"]
+
+
+def _fresh_grid_forward(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """The decoded output with every Detect cache thrown away first."""
+    detect = model.model[-1]
+    detect.grid = [torch.empty(0) for _ in range(detect.nl)]
+    with torch.no_grad():
+        return model(x)[0]
+
+
+def test_decoding_follows_loaded_anchors_at_the_probe_size():
+    """Model() probes strides with a 256-px forward; a later 256-px forward must decode with the anchors
+    loaded since (a checkpoint's evolved anchors, AutoAnchor's), not with those cached by the probe."""
+    model = Model("yolov5n.yaml").eval()
+    other = Model("yolov5n.yaml").state_dict()
+    other["model.24.anchors"] = other["model.24.anchors"] * torch.linspace(0.5, 2.0, 18).view(3, 3, 2)
+    model.load_state_dict(other)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        cached = model(x)[0]
+    assert torch.equal(cached, _fresh_grid_forward(model, x))
+    with torch.no_grad():  # AutoAnchor edits the buffer in place
+        model.model[-1].anchors.mul_(1.3)
+        cached = model(x)[0]
+    assert torch.equal(cached, _fresh_grid_forward(model, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decoding_after_precision_change_uses_that_precision(dtype):
+    model = Model("yolov5n.yaml").eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = model(x)[0]
+        model.to(dtype)
+        low = model(x.to(dtype))[0]
+    assert low.dtype == dtype
+    assert torch.equal(low, _fresh_grid_forward(model, x.to(dtype)))
+    assert rel_error(ref[..., :4], low[..., :4].float()) < 2e-2

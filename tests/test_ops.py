@@ -195,3 +195,32 @@ def test_box_iou_is_torchvision():
     a = torch.tensor([[0.0, 0, 10, 10]])
     b = torch.tensor([[5.0, 0, 15, 10], [20.0, 20, 30, 30]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([[1 / 3, 0.0]]))
+
+
+# ---------------------------------------------------------------- reduced precision (the AMP / --half paths)
+def _crowded_prediction(nc: int = 80, n: int = 3000, size: float = 1280.0, seed: int = 0) -> torch.Tensor:
+    """Overlapping boxes over a large image with class ids up to 79: where fp16 coordinates and
+    batched_nms's class offsets go wrong."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(1, n, 2, generator=g) * size
+    wh = 20 + torch.rand(1, n, 2, generator=g) * 200
+    obj = torch.rand(1, n, 1, generator=g)
+    cls = torch.rand(1, n, nc, generator=g) ** 4
+    return torch.cat((xy, wh, obj, cls), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_nms_on_reduced_precision_returns_the_fp32_result(dtype, agnostic):
+    low = _crowded_prediction().to(dtype)
+    got = non_max_suppression(low, 0.05, 0.45, agnostic=agnostic, multi_label=True)
+    ref = non_max_suppression(low.float(), 0.05, 0.45, agnostic=agnostic, multi_label=True)
+    assert got[0].dtype == torch.float32 and len(ref[0]) > 50
+    assert torch.equal(got[0], ref[0])
+
+
+def test_nms_half_with_apriori_labels():
+    low = _crowded_prediction(n=200).half()
+    labels = [torch.tensor([[79.0, 600.0, 500.0, 80.0, 90.0]]).half()]
+    got = non_max_suppression(low, 0.05, 0.45, labels=labels)
+    assert got[0].dtype == torch.float32 and ((got[0][:, 5] == 79) & (got[0][:, 4] == 1)).sum() == 1

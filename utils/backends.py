@@ -288,16 +288,34 @@ class _TensorRTBindings:
         dt = e.get_tensor_dtype(name) if self.named else e.get_binding_dtype(e.get_binding_index(name))
         return torch.from_numpy(np.empty(0, dtype=self.trt.nptype(dt))).dtype
 
+    def profile_range(self) -> tuple[tuple, tuple]:
+        """(min, max) input shape of the engine's first optimization profile."""
+        e = self.engine
+        if self.named:
+            lo, _, hi = e.get_tensor_profile_shape(self.input, 0)
+        else:
+            lo, _, hi = e.get_profile_shape(0, e.get_binding_index(self.input))
+        return tuple(lo), tuple(hi)
+
+    def set_input_shape(self, shape: tuple) -> None:
+        """Give the context the input's shape; outside the engine's profile TensorRT returns False and would
+        report negative output sizes, so say which shapes the engine takes instead."""
+        e, c = self.engine, self.context
+        ok = c.set_input_shape(self.input, shape) if self.named else c.set_binding_shape(e.get_binding_index(self.input), shape)
+        if not ok:
+            lo, hi = self.profile_range()
+            raise ValueError(f"input shape {shape} is outside this TensorRT engine's profile: it accepts {lo} to {hi} "
+                             "(re-export with --dynamic and a larger --imgsz/--batch-size, or run at a size in range)")
+
     def run(self, x: torch.Tensor) -> list[torch.Tensor]:
         e, c = self.engine, self.context
+        self.set_input_shape(tuple(x.shape))
         if self.named:
-            c.set_input_shape(self.input, tuple(x.shape))
             outs = [torch.empty(tuple(c.get_tensor_shape(n)), dtype=self.dtype(n), device=x.device) for n in self.outputs]
             for name, t in zip([self.input, *self.outputs], [x, *outs]):
                 c.set_tensor_address(name, t.data_ptr())
             ok = c.execute_async_v3(torch.cuda.current_stream(x.device).cuda_stream)
         else:
-            c.set_binding_shape(e.get_binding_index(self.input), tuple(x.shape))
             outs = [torch.empty(tuple(c.get_binding_shape(e.get_binding_index(n))), dtype=self.dtype(n),
                                 device=x.device) for n in self.outputs]
             ptrs = dict(zip([self.input, *self.outputs], [t.data_ptr() for t in (x, *outs)]))

@@ -616,13 +616,39 @@ class SeededSampler(Sampler):
         return self.n
 
 
+class DistributedRectBatchSampler(Sampler):
+    """Whole rect batches dealt to DDP ranks in turn: batch b goes to rank b % world_size.
+
+    A plain DistributedSampler gives each rank every world_size-th image, so one rank's batch would span
+    several rect shape groups and fail to stack. Here every batch is one of the dataset's shape groups
+    (``dataset.batch``); ranks with one batch fewer repeat the first batches so that all ranks take the
+    same number of steps (DDP needs it), as DistributedSampler pads with repeated images.
+    """
+
+    def __init__(self, group: np.ndarray, world_size: int, rank: int):
+        self.groups = [np.flatnonzero(group == b).tolist() for b in range(int(group.max()) + 1)]
+        self.world_size, self.rank = world_size, rank
+        self.per_rank = math.ceil(len(self.groups) / world_size)
+
+    def set_epoch(self, epoch: int) -> None:  # rect order is fixed (sorted by aspect ratio)
+        pass
+
+    def __iter__(self):
+        padded = [self.groups[i % len(self.groups)] for i in range(self.per_rank * self.world_size)]
+        return iter(padded[self.rank::self.world_size])
+
+    def __len__(self):
+        return self.per_rank
+
+
 class EpochDataLoader(DataLoader):
     """DataLoader whose ``set_epoch`` reaches both the sampler (order) and the dataset (augmentation).
     Workers are not persistent, so each epoch's workers start from the dataset with the new epoch."""
 
     def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+        for sampler in (self.sampler, self.batch_sampler):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
 
@@ -650,14 +676,16 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(
         os.environ.get("WORLD_SIZE", 1))
     nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size, workers)
-    if rank != -1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    batching = dict(batch_size=batch_size)
+    if rank != -1 and rect:  # each rank's batch must be one rect shape group
+        batching = dict(batch_sampler=DistributedRectBatchSampler(dataset.batch, world_size, rank))
+    elif rank != -1:
+        batching["sampler"] = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
     else:
-        sampler = SeededSampler(len(dataset), shuffle, seed)
+        batching["sampler"] = SeededSampler(len(dataset), shuffle, seed)
     generator = torch.Generator()
     generator.manual_seed(seed)
-    loader = EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
-                             pin_memory=torch.cuda.is_available(), collate_fn=LoadImagesAndLabels.collate_fn,
-                             worker_init_fn=partial(seed_worker, seed=seed), generator=generator,
-                             persistent_workers=False)
+    loader = EpochDataLoader(dataset, **batching, num_workers=nw, pin_memory=torch.cuda.is_available(),
+                             collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=partial(seed_worker, seed=seed),
+                             generator=generator, persistent_workers=False)
     return loader, dataset

@@ -82,15 +82,24 @@ def set_export_mode(model: nn.Module, dynamic: bool) -> nn.Module:
 
 
 def _half_model_and_input(ctx: ExportContext, fmt: str) -> tuple[nn.Module, Tensor]:
-    """The model and input in the precision ``fmt`` is traced in (fp16 only on CUDA, as in YOLOv5)."""
+    """The model and input in the precision ``fmt`` is traced in: an fp16 copy with ``--half``.
+
+    fp16 tracing works on CUDA and, with torch builds that have CPU half kernels, on the CPU too; where
+    the CPU lacks them the probe below fails with a message instead of a deep tracer error."""
     if not ctx.half:
         return ctx.model, ctx.im
-    if ctx.im.device.type != "cuda":
-        raise ValueError(f"--half {fmt} export needs a CUDA device (--device 0): fp16 tracing on the CPU is not "
-                         "supported; use openvino or engine for fp16 from a CPU machine")
     import copy
 
-    return copy.deepcopy(ctx.model).half(), ctx.im.half()
+    model, im = copy.deepcopy(ctx.model).half(), ctx.im.half()
+    try:
+        with torch.no_grad():
+            model(im)  # also builds Detect's grids in fp16 before tracing, as build_context does in fp32
+    except RuntimeError as e:
+        if im.device.type != "cpu":
+            raise
+        raise ValueError(f"--half {fmt} export: this torch build cannot run fp16 on the CPU ({e}); export on a "
+                         "CUDA device (--device 0), or use openvino or engine for fp16") from None
+    return model, im
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,22 +166,25 @@ def non_max_suppression(
     At most ``max_nms`` highest-scoring candidates enter NMS and at most ``max_det`` boxes come out.
     ``labels``: optional per-image tensors [cls, x, y, w, h] added as certain candidates.
 
-    Returns a list of bs (n, 6) tensors [x1, y1, x2, y2, conf, cls], sorted by conf descending. When the
-    time budget (default 0.5 + 0.05 * bs seconds) runs out, a warning is logged and the images not yet
-    processed get empty results.
+    Returns a list of bs (n, 6) float32 tensors [x1, y1, x2, y2, conf, cls], sorted by conf descending,
+    whatever the prediction's dtype: fp16/bf16 predictions are filtered in fp32, because half-precision
+    boxes lose whole pixels past 1024 and batched_nms's per-class coordinate offsets (CUDA, < 20k boxes)
+    snap them to a 16-32 px grid. When the time budget (default 0.5 + 0.05 * bs seconds) runs out, a
+    warning is logged and the images not yet processed get empty results.
     """
     if isinstance(prediction, (list, tuple)):
         prediction = prediction[0]  # eval-mode model output: (inference_out, train_out)
+    prediction = prediction.float()
     _check_nms_args(conf_thres, iou_thres, max_det, max_nms)
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
     time_limit = 0.5 + 0.05 * bs if time_limit is None else time_limit
     multi_label &= nc > 1  # one class: multi-label is the same as best-class
-    output = [torch.zeros((0, 6), device=prediction.device, dtype=prediction.dtype) for _ in range(bs)]
+    output = [torch.zeros((0, 6), device=prediction.device) for _ in range(bs)]
     t0 = time.time()
     for xi, x in enumerate(prediction):
         x = x[x[:, 4] > conf_thres]
         if labels is not None and len(labels) and len(labels[xi]):
-            x = _append_apriori_labels(x, labels[xi])
+            x = _append_apriori_labels(x, labels[xi].float())
         if x.shape[0]:
             x = _candidates(x, conf_thres, multi_label, classes)
             x = x[x[:, 4].argsort(descending=True)[:max_nms]]  # cap the NMS input size

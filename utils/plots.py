@@ -92,9 +92,11 @@ class Annotator:
             cv2.rectangle(self.im, (x, y), (x + w + 2, y + h + base + 2), tuple(int(v) for v in bg_color), -1)
         cv2.putText(self.im, text, (x + 1, y + h + 1), _FONT, fs, tuple(int(v) for v in txt_color), tf, cv2.LINE_AA)
 
-    def box_label(self, xyxy, label: str = "", color=(128, 128, 128), txt_color=None, min_y: int = 0):
+    def box_label(self, xyxy, label: str = "", color=(128, 128, 128), txt_color=None, min_y: int = 0,
+                  max_x: int | None = None):
         """Box outline in ``color``; ``label`` on a filled tab above the box, or just inside its top edge
-        when the tab would cross ``min_y`` (the image top, or a mosaic tile's top)."""
+        when the tab would cross ``min_y`` (the image top, or a mosaic tile's top); shifted left when it
+        would cross ``max_x`` (a mosaic tile's right edge: text widths differ between OpenCV versions)."""
         self.rectangle(xyxy, color)
         if not label:
             return
@@ -102,6 +104,8 @@ class Annotator:
         txt_color = txt_color or _text_color(color)
         (w, h), base = cv2.getTextSize(label, _FONT, self.fs, self.tf)
         x1, y1 = int(xyxy[0]), int(xyxy[1])
+        if max_x is not None and x1 + w > max_x:
+            x1 = max(int(max_x) - w, 0)
         outside = y1 - h - base >= min_y  # room for the tab above the box
         y_top = y1 - h - base if outside else y1
         cv2.rectangle(self.im, (x1, y_top), (x1 + w, y_top + h + base), tuple(int(v) for v in color), -1, cv2.LINE_AA)
@@ -192,15 +196,16 @@ def _draw_tile_boxes(ann: Annotator, t: np.ndarray, origin, tile_wh, normalized:
     tw, th = tile_wh
     boxes = _xywh2xyxy(t[:, 1:5])
     boxes *= np.array([tw, th, tw, th]) if normalized else scale  # tile pixels
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, tw - 1) + x0
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, th - 1) + y0
+    inset = ann.lw  # an outline of width lw is centred on its coordinates: keep it inside the tile
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(inset, tw - 1 - inset) + x0
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(inset, th - 1 - inset) + y0
     is_pred = t.shape[1] > 5
     for row, box in zip(t, boxes):
         c = int(row[0])
         if is_pred and row[5] < PRED_CONF_THRESHOLD:
             continue
         label = class_name(names, c) + (f" {row[5]:.2f}" if is_pred else "")
-        ann.box_label(box, label, color=colors(c), min_y=y0)
+        ann.box_label(box, label, color=colors(c), min_y=y0, max_x=x0 + tw - 1 - inset)
 
 
 def plot_images(images, targets=None, paths=None, fname="images.jpg", names=None, max_size: int = 1920,

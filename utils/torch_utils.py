@@ -95,9 +95,18 @@ def select_device(device: str = "", batch_size: int = 0) -> torch.device:
             raise ValueError(f"--device {device!r}: CUDA device(s) {bad} do not exist ({torch.cuda.device_count()} visible)")
         if len(ids) > 1 and batch_size and batch_size % len(ids):
             raise ValueError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} devices")
-        local_rank = int(os.environ.get("LOCAL_RANK", -1))
-        return torch.device("cuda", ids[local_rank] if 0 <= local_rank < len(ids) else ids[0])
+        return torch.device("cuda", ddp_device_index(ids, int(os.environ.get("LOCAL_RANK", -1)), device))
     return torch.device("cuda", max(int(os.environ.get("LOCAL_RANK", 0)), 0)) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def ddp_device_index(ids: list[int], local_rank: int, device: str = "") -> int:
+    """The CUDA id this process uses from ``--device`` ids: its own under DDP (one device per process)."""
+    if local_rank < 0:
+        return ids[0]
+    if local_rank >= len(ids):  # two processes on one GPU: NCCL refuses it deep inside ("Duplicate GPU")
+        raise ValueError(f"--device {device!r} lists {len(ids)} CUDA device(s) but this is DDP process {local_rank}: "
+                         f"give one device per process on this node, e.g. --device {','.join(map(str, range(local_rank + 1)))}")
+    return ids[local_rank]
 
 
 def init_seeds(seed: int = 0, deterministic: bool = False) -> None:

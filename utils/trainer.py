@@ -24,7 +24,7 @@ from tqdm import tqdm
 import val as validate
 from models.yolo import Model
 from utils.autoanchor import check_anchors
-from utils.checkpoint import load_pretrained, model_from_record, save_checkpoint, strip_checkpoint
+from utils.checkpoint import load_pretrained, model_from_record, read_checkpoint, save_checkpoint, strip_checkpoint
 from utils.dataloaders import create_dataloader
 from utils.general import LOGGER, TrainingDiverged
 from utils.loss import ComputeLoss
@@ -65,7 +65,8 @@ class Trainer:
         self.save_dir = Path(opt.save_dir)
         self.wdir = self.save_dir / "weights"
         self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
-        self.nc = 1 if opt.single_cls else int(data["nc"])
+        self.data_nc = int(data["nc"])  # label files are checked against this; --single-cls then maps all to 0
+        self.nc = 1 if opt.single_cls else self.data_nc
         self.names = ["item"] if opt.single_cls and len(data["names"]) != 1 else list(data["names"])
         self.start_epoch, self.best_fitness = 0, 0.0
         self.tb = None
@@ -77,7 +78,9 @@ class Trainer:
             model = model_from_record(self.ckpt)
             model.load_state_dict(self.ckpt["train_state_dict"])
         else:
-            model = Model(opt.cfg, ch=3, nc=self.nc, anchors=self.hyp.get("anchors"))
+            # without --cfg a checkpoint of ours fine-tunes in its own architecture, with its own anchors
+            cfg = opt.cfg or read_checkpoint(opt.weights)["yaml"]
+            model = Model(cfg, ch=3, nc=self.nc, anchors=self.hyp.get("anchors"))
             if opt.weights:
                 exclude = ("anchors",) if opt.cfg or self.hyp.get("anchors") else ()
                 load_pretrained(model, opt.weights, exclude=exclude)
@@ -107,8 +110,7 @@ class Trainer:
             self.lf = lambda x: (1 - x / opt.epochs) * (1.0 - hyp["lrf"]) + hyp["lrf"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.ema = ModelEMA(self.model) if self.main else None
-        self.amp = check_amp(self.model, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.set_amp(check_amp(self.model, self.device))
         if self.ckpt is not None:
             self.restore(self.ckpt)
         self.build_data()
@@ -122,10 +124,16 @@ class Trainer:
         self.stopper = EarlyStopping(patience=opt.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
+    def set_amp(self, enabled: bool) -> None:
+        """Mixed precision: fp16 with loss scaling on CUDA, bf16 without it elsewhere (same code path)."""
+        self.amp = enabled
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=enabled and self.amp_dtype == torch.float16)
+
     def restore(self, ckpt: dict) -> None:
         """Continue exactly where a checkpoint left off."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and self.amp:
+        if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             self.ema.ema.load_state_dict(ckpt["state_dict"])
@@ -140,7 +148,7 @@ class Trainer:
         self.train_loader, self.dataset = create_dataloader(
             data["train"], self.imgsz, self.batch_size, self.gs, opt.single_cls, hyp=self.hyp, augment=True,
             cache=opt.cache, rect=opt.rect, rank=self.rank, workers=opt.workers, prefix="train: ", shuffle=True,
-            seed=opt.seed, nc=self.nc)
+            seed=opt.seed, nc=self.data_nc)
         labels = np.concatenate(self.dataset.labels, 0) if len(self.dataset.labels) else np.zeros((0, 5))
         if len(labels) and labels[:, 0].max() >= self.nc:
             raise ValueError(f"label class {int(labels[:, 0].max())} exceeds nc={self.nc} in {opt.data}")
@@ -148,7 +156,7 @@ class Trainer:
         if self.main:
             self.val_loader = create_dataloader(
                 data["val"], self.imgsz, self.batch_size * 2, self.gs, opt.single_cls, hyp=self.hyp, cache=opt.cache,
-                rect=True, rank=-1, workers=opt.workers, pad=0.5, prefix="val: ", seed=opt.seed, nc=self.nc)[0]
+                rect=True, rank=-1, workers=opt.workers, pad=0.5, prefix="val: ", seed=opt.seed, nc=self.data_nc)[0]
             if self.ckpt is None:
                 if not opt.noplots:
                     plot_labels(labels, self.names, self.save_dir)
@@ -159,9 +167,11 @@ class Trainer:
     def wrap_distributed(self) -> None:
         if self.rank == -1:
             return
-        if self.opt.sync_bn:
+        if self.opt.sync_bn and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             LOGGER.info("Using SyncBatchNorm")
+        elif self.opt.sync_bn and self.main:  # SyncBatchNorm's kernels exist for CUDA only
+            LOGGER.warning(f"WARNING --sync-bn needs CUDA DDP; training on {self.device.type} with plain BatchNorm")
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
 
@@ -202,17 +212,13 @@ class Trainer:
                 self.warmup(ni, nw, epoch)
             if opt.multi_scale:
                 imgs = self.multi_scale(imgs, epoch, i)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                pred = model(imgs)
-                loss, loss_items = self.compute_loss(pred, targets.to(self.device))
+            loss, loss_items = self.forward_loss(imgs, targets)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} ({len(targets)} targets; "
                     f"box/obj/cls = {loss_items.tolist()}): check the learning rate, hyperparameters and labels. "
                     f"{self.last.name} and {self.best.name} keep the last good epoch.")
-            if self.rank != -1:
-                loss = loss * self.world_size  # DDP averages gradients across processes
-            self.scaler.scale(loss).backward()
+            self.backward(loss)
             # step when enough gradient accumulated, and always at the epoch's end so a resume starts clean
             if ni - last_step >= self.accumulate or i == nb - 1:
                 self.optimizer_step()
@@ -227,6 +233,17 @@ class Trainer:
         self.lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
         return mloss
+
+    def forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and loss for one batch, under autocast when AMP is on: (loss, loss items)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            pred = self.model(imgs)
+            return self.compute_loss(pred, targets.to(self.device))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.rank != -1:
+            loss = loss * self.world_size  # DDP averages gradients across processes
+        self.scaler.scale(loss).backward()
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -249,7 +266,11 @@ class Trainer:
             LOGGER.info(("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
         t0 = time.time()
         for epoch in range(self.start_epoch, opt.epochs):
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            t_epoch = time.perf_counter()
             mloss = self.train_epoch(epoch, nw)
+            self.log_speed(epoch, time.perf_counter() - t_epoch)
             stop = False
             if self.main:
                 final = epoch + 1 == opt.epochs
@@ -277,6 +298,14 @@ class Trainer:
         return results
 
     # ---- outputs --------------------------------------------------------------------------
+    def log_speed(self, epoch: int, seconds: float) -> None:
+        """Training throughput of the epoch (all processes) and this process's peak CUDA memory."""
+        if not self.main:
+            return
+        images = len(self.dataset)  # every image once per epoch, across all processes
+        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
+        LOGGER.info(f"Epoch {epoch} speed: {images / seconds:.1f} img/s, peak CUDA memory {mem:.2f} GiB")
+
     def start_logging(self) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -304,7 +333,7 @@ class Trainer:
     def save(self, epoch: int, fi: float) -> None:
         extra = dict(epoch=epoch, best_fitness=self.best_fitness, ema_updates=self.ema.updates,
                      train_state_dict={k: v.detach().cpu().clone() for k, v in de_parallel(self.model).state_dict().items()},
-                     optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
+                     optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
                      opt=vars(self.opt), hyp=self.hyp_given, date=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.ema.ema.names = self.names
         save_checkpoint(self.last, self.ema.ema, **extra)

@@ -1,0 +1,154 @@
+"""The reduced-precision branches a CUDA run takes (val --half, detect --half with and without --augment,
+validation inside AMP training), run on the CPU with a model that really detects, compared with fp32.
+
+The scripts refuse --half on a CPU (as YOLOv5 does); these tests call the functions behind them with the
+precision set, which PyTorch runs on the CPU."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import detect
+from utils.checkpoint import load_model
+from utils.dataloaders import create_dataloader
+from utils.dataset_config import check_dataset
+from utils.evaluator import Collector, evaluate, score
+from utils.ops import box_iou
+
+MAP_TOL = 0.005  # mAP50-95, fp16 against fp32 (the GPU acceptance figure)
+
+
+def _evaluate(model, loader, half: bool) -> dict:
+    collector = Collector(False, False, False, False, None, Path("."))
+    evaluate(model, loader, collector, device=torch.device("cpu"), half=half)
+    return score(collector, 3, ["circle", "square", "triangle"])
+
+
+@pytest.mark.slow
+def test_half_validation_matches_fp32_and_leaves_the_model_alone(shapes_trained):
+    run_dir, _, data = shapes_trained
+    data = check_dataset(str(data))
+    model = load_model(run_dir / "weights" / "best.pt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = create_dataloader(data["val"], 160, 32, 32, pad=0.5, rect=True, workers=0, nc=3)[0]
+    ref = _evaluate(model, loader, half=False)
+    low = _evaluate(model, loader, half=True)
+    assert ref["map50"] > 0.25  # a model that detects: the comparison means something
+    assert abs(low["map"] - ref["map"]) < MAP_TOL and abs(low["map50"] - ref["map50"]) < MAP_TOL
+    after = model.state_dict()  # the trainer validates its fp32 EMA this way: no rounding to fp16
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def _detections(weights: Path, source: Path, half: bool, augment: bool) -> list:
+    backend, infer = detect.load_detector(weights, torch.device("cpu"), half, augment)
+    dataset = detect.load_source(str(source), (160, 160), backend.stride, auto=True, vid_stride=1)
+    outputs = detect.Outputs(Path("."), backend.names, False, False, False, False, 3, False, False)
+    nms = dict(conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False, max_det=100, end2end=False)
+    results, _ = detect._loop(dataset, backend, infer, nms, outputs, backend.names, False)
+    return results
+
+
+def _assert_same_detections(ref: list, low: list) -> None:
+    """Per image (n, 6) arrays: 95% of the fp32 boxes found in fp16 (same class, IoU > 0.95), counts within 5%."""
+    n_ref = sum(len(r) for r in ref)
+    assert n_ref >= len(ref)  # a model that detects
+    matched = 0
+    for r, q in zip(ref, low):
+        if len(r) and len(q):
+            iou = box_iou(torch.as_tensor(r[:, :4]), torch.as_tensor(q[:, :4]))
+            same_class = torch.as_tensor(r[:, 5:6]) == torch.as_tensor(q[:, 5]).view(1, -1)
+            matched += int(((iou > 0.95) & same_class).any(1).sum())
+    assert matched >= 0.95 * n_ref, f"{matched} of {n_ref} fp32 detections found in fp16"
+    assert abs(sum(len(q) for q in low) - n_ref) <= max(1, 0.05 * n_ref)
+
+
+@pytest.fixture(scope="module")
+def sample_images(shapes_trained, tmp_path_factory) -> Path:
+    """12 validation images of the trained shapes model."""
+    images = Path(check_dataset(str(shapes_trained[2]))["val"])
+    source = tmp_path_factory.mktemp("images")
+    for f in sorted(images.glob("*"))[:12]:
+        (source / f.name).write_bytes(f.read_bytes())
+    return source
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augment"])
+def test_half_detect_matches_fp32(shapes_trained, sample_images, augment):
+    """detect.py --half [--augment]: the half model's detections are the fp32 ones."""
+    weights = shapes_trained[0] / "weights" / "best.pt"
+    ref = _detections(weights, sample_images, half=False, augment=augment)
+    low = _detections(weights, sample_images, half=True, augment=augment)
+    assert [r.path for r in ref] == [r.path for r in low]
+    _assert_same_detections([r.det for r in ref], [q.det for q in low])
+
+
+@pytest.mark.slow
+def test_hub_model_after_half_matches_fp32(shapes_trained, sample_images):
+    import hubconf
+
+    model = hubconf.custom(str(shapes_trained[0] / "weights" / "best.pt"), _verbose=False)
+    files = [str(f) for f in sorted(sample_images.iterdir())]
+    ref = model(files, size=160).xyxy
+    low = model.half()(files, size=160).xyxy
+    assert next(model.model.parameters()).dtype == torch.float16 and all(q.dtype == torch.float32 for q in low)
+    _assert_same_detections([r.numpy() for r in ref], [q.numpy() for q in low])
+
+
+def test_gpu_check_without_cuda_exits_2_with_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tools/gpu_check.sh would run the whole check")
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0]
+
+
+# ------------------------------------------------------------------------------- on a CUDA device only
+@pytest.mark.cuda
+def test_cuda_nms_on_fp16_equals_fp32():
+    """On CUDA, batched_nms offsets classes by class_id * (max_coord + 1): in fp16 that snaps boxes of high
+    class ids to a 16-32 px grid. NMS must work in fp32 whatever it is given."""
+    from utils.ops import non_max_suppression
+
+    g = torch.Generator().manual_seed(0)
+    n = 2000
+    pred = torch.cat((torch.rand(1, n, 2, generator=g) * 1280, 20 + torch.rand(1, n, 2, generator=g) * 200,
+                      torch.rand(1, n, 1, generator=g), torch.rand(1, n, 80, generator=g) ** 4), 2).cuda().half()
+    got = non_max_suppression(pred, 0.05, 0.45, multi_label=True)[0]
+    ref = non_max_suppression(pred.float(), 0.05, 0.45, multi_label=True)[0]
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg", ["yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml"])
+def test_cuda_amp_check_and_half_forward(cfg):
+    from models.yolo import Model
+    from utils.trainer import check_amp
+
+    model = Model(cfg).cuda()
+    assert check_amp(model, torch.device("cuda"))
+    model.eval().fuse()
+    x = torch.rand(2, 3, 320, 256, device="cuda")
+    with torch.no_grad():
+        ref = model(x)[0]
+        low = model.half()(x.half())[0]
+    assert low.dtype == torch.float16
+    assert ((ref - low.float()).abs().max() / ref.abs().max()).item() < 1e-2
+
+
+def test_ddp_processes_get_their_own_cuda_device():
+    """Under DDP each local rank takes its own id from --device; too few ids is a clear error, not NCCL's
+    'Duplicate GPU detected' from deep inside process-group setup."""
+    from utils.torch_utils import ddp_device_index
+
+    assert ddp_device_index([2, 3], -1) == 2  # single process: the first listed
+    assert [ddp_device_index([2, 3], r) for r in (0, 1)] == [2, 3]
+    with pytest.raises(ValueError, match="one device per process"):
+        ddp_device_index([0], 1, "0")

@@ -1,0 +1,148 @@
+"""The evaluation loop shared by ``val.py`` and the trainer: batches -> NMS -> matched, scored detections.
+
+``evaluate(model, dataloader, ...)`` runs a model over a YOLO dataloader and returns the metrics that
+``utils.metrics.evaluate_detections`` computes, the mean validation losses and per-stage timings. It
+takes the precision it is given (``half``) on any device: the scripts decide where half applies
+(YOLOv5 refuses it on CPU), while tests can run the fp16 and bf16 branches on a CPU. The caller's model
+is never modified: a half-precision pass runs on a copy, so training's fp32 EMA weights are not rounded.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.coco import detections_to_json
+from utils.general import LOGGER
+from utils.metric_plots import plot_metric_curves
+from utils.metrics import ConfusionMatrix, evaluate_detections
+from utils.ops import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
+from utils.plots import plot_images
+
+
+class Collector:
+    """Detections and labels of every image, in original-image pixels, plus optional txt/json output."""
+
+    def __init__(self, single_cls: bool, save_txt: bool, save_conf: bool, save_json: bool, class_map, save_dir: Path):
+        self.single_cls, self.save_txt, self.save_conf = single_cls, save_txt, save_conf
+        self.save_json, self.class_map, self.save_dir = save_json, class_map, save_dir
+        self.preds, self.targets, self.paths, self.shapes, self.json = [], [], [], [], []
+
+    def add_batch(self, preds, targets, im, paths, shapes) -> None:
+        for si, pred in enumerate(preds):
+            labels = targets[targets[:, 0] == si, 1:].float()
+            shape0, ratio_pad = shapes[si][0], shapes[si][1]
+            predn = pred.float().clone()  # scaled in fp32 whatever precision the model ran in
+            if self.single_cls:
+                predn[:, 5] = 0
+            scale_boxes(im.shape[2:], predn[:, :4], shape0, ratio_pad)
+            tbox = xywh2xyxy(labels[:, 1:5])
+            scale_boxes(im.shape[2:], tbox, shape0, ratio_pad)
+            predn = predn.cpu().numpy()
+            self.preds.append(predn)
+            self.targets.append(torch.cat((labels[:, :1], tbox), 1).cpu().numpy())
+            self.paths.append(str(paths[si]))
+            self.shapes.append(tuple(int(x) for x in shape0))
+            if self.save_txt:
+                self.write_txt(predn, shape0, Path(paths[si]))
+            if self.save_json:
+                self.json.extend(detections_to_json(predn, paths[si], self.class_map))
+
+    def write_txt(self, predn: np.ndarray, shape0, path: Path) -> None:
+        gain = np.array([shape0[1], shape0[0], shape0[1], shape0[0]], dtype=np.float64)
+        lines = []
+        for *xyxy, conf, cls in predn.tolist():
+            xywh = (xyxy2xywh(np.array([xyxy], dtype=np.float64)) / gain)[0]
+            row = (int(cls), *xywh, conf) if self.save_conf else (int(cls), *xywh)
+            lines.append(("%g " * len(row)).rstrip() % row)
+        out = self.save_dir / "labels" / f"{path.stem}.txt"
+        out.write_text("".join(line + "\n" for line in lines))
+
+
+def output_to_target(preds) -> torch.Tensor:
+    """NMS output list -> (n, 7) [batch, cls, x, y, w, h, conf] in pixels, for plot_images."""
+    rows = []
+    for i, p in enumerate(preds):
+        p = p[:, :6].detach().cpu().float()
+        rows.append(torch.cat((torch.full((len(p), 1), float(i)), p[:, 5:6], xyxy2xywh(p[:, :4]), p[:, 4:5]), 1))
+    return torch.cat(rows, 0) if rows else torch.zeros((0, 7))
+
+
+def log_table(results: dict, names, n_images: int, n_instances: int, verbose: bool) -> None:
+    LOGGER.info(("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"))
+    fmt = "%22s" + "%11i" * 2 + "%11.3g" * 4
+    LOGGER.info(fmt % ("all", n_images, n_instances, results["precision"], results["recall"], results["map50"], results["map"]))
+    if n_instances == 0:
+        LOGGER.warning("no labels found in the validation set: metrics cannot be computed")
+    if verbose and len(names) > 1:
+        for i, c in enumerate(results["classes"]):
+            LOGGER.info(fmt % (names[int(c)], n_images, results["nt"][i], results["p"][i], results["r"][i],
+                               results["ap50"][i], results["ap"][i].mean()))
+
+
+def _precision_copy(model, half: bool, device: torch.device):
+    """The model in the precision to evaluate in: a half copy (never the caller's module), or as it is."""
+    if not isinstance(model, torch.nn.Module):
+        return model  # an exported model takes any float input and casts it itself
+    model = copy.deepcopy(model).half() if half else model.float()
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, collector: Collector, *, device, half=False, conf_thres=0.001, iou_thres=0.6,
+             max_det=300, augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=()):
+    """Run ``model`` over ``dataloader`` into ``collector``; return (mean losses (3,), seconds).
+
+    ``model(im)`` returns ``(decoded predictions, raw maps or None)`` as an eval-mode ``Model`` does;
+    with ``half`` the images go in as fp16 and a ``Model`` runs as an fp16 copy. NMS and everything after
+    it work in fp32. Seconds are (pre-process, inference, NMS) summed over the whole pass.
+    """
+    model = _precision_copy(model, half, device)
+    loss = torch.zeros(3, device=device)
+    dt = [0.0, 0.0, 0.0]
+    for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="validating", leave=False)):
+        t0 = time.perf_counter()
+        im = im.to(device, non_blocking=True)
+        im = (im.half() if half else im.float()) / 255
+        targets = targets.to(device)
+        t1 = time.perf_counter()
+        preds, train_out = model(im, augment=augment) if augment else model(im)
+        t2 = time.perf_counter()
+        if compute_loss and train_out is not None:
+            loss += compute_loss([x.float() for x in train_out], targets)[1]
+        targets[:, 2:] *= torch.tensor((im.shape[3], im.shape[2]) * 2, device=device)
+        preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
+                                    max_det=max_det)
+        t3 = time.perf_counter()
+        dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
+        collector.add_batch(preds, targets, im, paths, shapes)
+        if plots and batch_i < 3:
+            plot_images(im, targets, paths, Path(save_dir) / f"val_batch{batch_i}_labels.jpg", names)
+            plot_images(im, output_to_target(preds), paths, Path(save_dir) / f"val_batch{batch_i}_pred.jpg", names)
+    return loss / max(len(dataloader), 1), dt
+
+
+def score(collector: Collector, nc: int, names, *, verbose=False, plots=False, save_dir=Path("")) -> dict:
+    """Metrics of everything collected; logs YOLOv5's table, draws the confusion matrix and curves."""
+    results = evaluate_detections(collector.preds, collector.targets, nc)
+    n_instances = int(sum(len(t) for t in collector.targets))
+    log_table(results, names, len(collector.preds), n_instances, verbose)
+    if plots:
+        confusion = ConfusionMatrix(nc=nc)
+        for pred, target in zip(collector.preds, collector.targets):
+            confusion.process_batch(pred, target)
+        confusion.plot(save_dir, names)
+        plot_metric_curves(results, save_dir, names)
+    return results
+
+
+def per_class_map(results: dict, nc: int) -> np.ndarray:
+    """mAP50-95 per class id; classes absent from the data get the overall mAP (YOLOv5's convention)."""
+    maps = np.zeros(nc) + results["map"]
+    for i, c in enumerate(results["classes"]):
+        maps[int(c)] = results["ap"][i].mean()
+    return maps
