@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from utils.detections import count_text, draw_detections, label_lines, postprocess, save_one_box
-from utils.general import LOGGER, ROOT, increment_path, load_yaml, setup_logging
+from utils.general import LOGGER, ROOT, increment_path, load_yaml, setup_logging, unique_name
 from utils.ops import scale_boxes
 from utils.plots import class_name
 from utils.sources import LoadImages, display_available, expand_files, is_stream, load_source
-from utils.torch_utils import select_device
+from utils.torch_utils import select_device, synced_time
 
 
 @dataclass
@@ -104,6 +104,15 @@ class Outputs:
         self.draw_kw = dict(line_width=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
         self.writers: dict[str, cv2.VideoWriter] = {}
         self.labels_written = 0
+        self.out_names: dict[str, str] = {}  # source path -> output file name, unique within the run
+        self.taken: set[str] = set()
+
+    def out_name(self, path: str) -> str:
+        """The source's file name, made unique when another folder of the run had a file of that name."""
+        key = str(path)
+        if key not in self.out_names:
+            self.out_names[key] = unique_name(self.stem(key), self.taken)
+        return self.out_names[key]
 
     @staticmethod
     def stem(path: str) -> str:
@@ -116,14 +125,14 @@ class Outputs:
     def labels(self, path: str, frame: int, det, shape) -> None:
         if not (self.save_txt and len(det)):  # YOLOv5: no file for an image without detections
             return
-        name = Path(self.stem(path)).stem + (f"_{frame}" if frame else "")
+        name = Path(self.out_name(path)).stem + (f"_{frame}" if frame else "")
         (self.save_dir / "labels" / f"{name}.txt").write_text("\n".join(label_lines(det, shape, self.save_conf)) + "\n")
         self.labels_written += 1
 
     def crops(self, path: str, det, im0: np.ndarray) -> None:
         if not self.save_crop:
             return
-        stem = Path(self.stem(path)).stem
+        stem = Path(self.out_name(path)).stem
         for *xyxy, _, cls in det.tolist():
             save_one_box(xyxy, im0, self.save_dir / "crops" / class_name(self.names, int(cls)) / f"{stem}.jpg")
 
@@ -134,7 +143,7 @@ class Outputs:
         """Save an annotated image, or append it to the video of ``path`` when ``fps`` is given."""
         if not self.save_img:
             return
-        out = self.save_dir / self.stem(path)
+        out = self.save_dir / self.out_name(path)
         if fps is None:
             if not cv2.imwrite(str(out), im):
                 raise OSError(f"cv2.imwrite could not write {out}")
@@ -148,7 +157,7 @@ class Outputs:
         self.writers[key].write(im)
 
     def finish_video(self, path: str) -> None:
-        writer = self.writers.pop(str((self.save_dir / self.stem(path)).with_suffix(".mp4")), None)
+        writer = self.writers.pop(str((self.save_dir / self.out_name(path)).with_suffix(".mp4")), None)
         if writer is not None:
             writer.release()
 
@@ -198,8 +207,9 @@ def run(
         view_img = False
     # minimum-rectangle letterbox when the model takes any shape (faster), the exported shape otherwise
     dataset = load_source(source, imgsz, stride, auto=backend.imgsz is None, vid_stride=vid_stride)
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # after the source opened: no empty run dirs
-    (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # after the source opened
+    if save_txt:
+        (save_dir / "labels").mkdir(exist_ok=True)
     backend.warmup(imgsz=(1, 3, *imgsz))
     outputs = Outputs(save_dir, names, not nosave, save_txt, save_conf, save_crop, line_thickness, hide_labels, hide_conf)
     nms = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det,
@@ -210,7 +220,9 @@ def run(
         outputs.close()
         if hasattr(dataset, "close"):
             dataset.close()  # stream reader threads stop even when the loop ended early
-    seen = max(len(results), 1)
+    if not results:  # every file unreadable: a failed run, not an empty success
+        raise ValueError(f"no image or video frame could be read from {source} (see the warnings above)")
+    seen = len(results)
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s"
                 % (*(t * 1e3 / seen for t in dt), (1, 3, *imgsz)))
     if save_txt or not nosave or save_crop:
@@ -226,13 +238,13 @@ def _loop(dataset, backend, infer, nms: dict, outputs: Outputs, names, view_img:
         t0 = time.perf_counter()
         x = torch.from_numpy(im).to(backend.device)
         x = (x.half() if backend.fp16 else x.float())[None] / 255
-        t1 = time.perf_counter()
+        t1 = synced_time(backend.device)
         y = infer(x)
-        t2 = time.perf_counter()
+        t2 = synced_time(backend.device)
         det = postprocess(y, **nms)[0]
         scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2])
         det = det.float().cpu()
-        t3 = time.perf_counter()
+        t3 = synced_time(backend.device)
         dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
         LOGGER.info(f"{s}{x.shape[2]}x{x.shape[3]} {count_text(det, names)}, {(t2 - t1) * 1e3:.1f}ms")
 

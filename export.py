@@ -303,4 +303,11 @@ def main(opt: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_opt()))
+    from utils.checkpoint import CheckpointError
+
+    try:
+        raise SystemExit(main(parse_opt()))
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:  # before any format: a sentence
+        setup_logging()
+        LOGGER.error(f"ERROR: {e}")
+        raise SystemExit(1) from None

@@ -21,7 +21,7 @@ import yaml
 
 from utils.checkpoint import CheckpointError, read_checkpoint
 from utils.dataset_config import check_dataset
-from utils.general import LOGGER, ROOT, TrainingDiverged, increment_path, load_yaml, setup_logging
+from utils.general import LOGGER, ROOT, TrainingDiverged, excerpt, increment_path, load_yaml, setup_logging
 from utils.torch_utils import init_seeds, select_device
 
 DEFAULT_CFG = "yolov5s_RepVGG.yaml"
@@ -94,8 +94,18 @@ def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     ckpt = read_checkpoint(last)
     if ckpt.get("final") or "optimizer" not in ckpt:
         raise CheckpointError(f"{last} is from a finished run (optimizer state stripped): nothing to resume")
+    weights_dir = last.resolve().parent
+    if weights_dir.name != "weights":
+        raise CheckpointError(f"--resume {last}: expected a checkpoint in a run's weights/ folder (e.g. "
+                              "runs/train/exp/weights/last.pt), where the resumed run keeps writing")
+    ignored = sorted(k for k, v in vars(opt).items()
+                     if k not in ("resume", "device") and v != vars(parse_opt([])).get(k))
+    if ignored:
+        LOGGER.warning(f"WARNING --resume continues with the run's saved options; ignoring "
+                       f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
     saved = argparse.Namespace(**ckpt["opt"])
     saved.resume, saved.weights = str(last), str(last)
+    saved.save_dir = str(weights_dir.parent)  # the folder holding the file given, not the path saved in it
     if opt.device:  # the hardware may differ from the original run's
         saved.device = opt.device
     return saved, ckpt
@@ -120,12 +130,16 @@ def prepare(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict, di
         opt.hyp = str(base / data["hyp"]) if data.get("hyp") else str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
-    hyp = ckpt["hyp"] if ckpt is not None else load_yaml(opt.hyp)
+    hyp = ckpt["hyp"] if ckpt is not None else load_yaml(opt.hyp, "hyperparameter file")
     missing = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "box", "cls", "obj", "anchor_t"} - set(hyp)
     if missing:
         raise ValueError(f"{opt.hyp} lacks hyperparameters {sorted(missing)}")
-    if ckpt is None:
-        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    not_numbers = [f"{k}: {excerpt(v, 40)}" for k, v in hyp.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if not_numbers:
+        raise ValueError(f"{opt.hyp}: hyperparameters must be numbers; not numbers: {', '.join(not_numbers)}")
+    if ckpt is None:  # rank 0 claims the folder (mkdir); other DDP ranks never write to it
+        main_rank = int(os.environ.get("RANK", -1)) in (-1, 0)
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=main_rank))
     return opt, hyp, data, ckpt
 
 

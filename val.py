@@ -54,6 +54,10 @@ def load_for_validation(weights, data, task, device, batch_size, imgsz, half, si
             batch_size = backend.batch or batch_size
             LOGGER.info(f"{weights}: fixed input {tuple(backend.imgsz)}, batch {batch_size}")
     data = check_dataset(data)
+    model_nc = int(model.yaml["nc"])
+    if not single_cls and model_nc != int(data["nc"]):  # before the pass, not after it
+        raise ValueError(f"{weights} predicts {model_nc} classes but {data.get('yaml_file', 'the data YAML')} has "
+                         f"nc={data['nc']}: validate on the dataset it was trained for (or use --single-cls)")
     split = data.get(task) if task in ("train", "val", "test") else data["val"]
     if not split:
         raise ValueError(f"--task {task}: the data YAML has no '{task}' split")
@@ -70,12 +74,11 @@ def evaluate_with_pycocotools(collector: Collector, names, data, save_dir: Path,
     anno_json = find_coco_annotations(data or {})
     if anno_json is None:
         anno_json = save_dir / "ground_truth.json"
-        gt = ground_truth_json(collector.paths, collector.shapes, collector.targets, names, collector.class_map)
+        gt = ground_truth_json(collector.ids, collector.paths, collector.shapes, collector.targets, names,
+                               collector.class_map)
         anno_json.write_text(json.dumps(gt))
     LOGGER.info(f"Evaluating pycocotools mAP: {pred_json.name} against {anno_json}")
-    from utils.coco import image_id
-
-    return coco_evaluate(anno_json, pred_json, image_ids=[image_id(p) for p in collector.paths])
+    return coco_evaluate(anno_json, pred_json, image_ids=collector.ids)
 
 
 @torch.no_grad()
@@ -96,8 +99,9 @@ def run(
         half &= device.type != "cpu"
         if task == "speed":  # YOLOv5's speed benchmark settings
             conf_thres, iou_thres, save_json, plots = 0.25, 0.45, False, False
-        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-        (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+        if save_txt:
+            (save_dir / "labels").mkdir(exist_ok=True)
         model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls,
                                                       workers, augment)
         names = data["names"]

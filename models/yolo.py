@@ -14,12 +14,11 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, RepVGGBlock
 from models.reparameterizable import Reparameterizable
-from utils.general import LOGGER, ROOT, make_divisible, setup_logging
+from utils.general import LOGGER, ROOT, excerpt, load_yaml, make_divisible, setup_logging
 from utils.torch_utils import initialize_weights, model_summary
 
 
@@ -129,10 +128,7 @@ def load_cfg(cfg: str | Path | dict) -> dict:
     if isinstance(cfg, dict):
         return copy.deepcopy(cfg)
     path = resolve_cfg(cfg)
-    with open(path, encoding="utf-8") as f:
-        d = yaml.safe_load(f)
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: a model config must be a YAML mapping, got {type(d).__name__}")
+    d = load_yaml(path, "model config")
     d["yaml_file"] = path.name
     return d
 
@@ -143,12 +139,12 @@ def parse_activation(spec) -> nn.Module | None:
         return None
     match = re.fullmatch(r"\s*(?:nn\.)?(\w+)\s*(?:\((.*)\))?\s*", str(spec))
     if not match or match.group(1) not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {spec!r}; valid: {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {excerpt(spec)}; valid: {', '.join(ACTIVATIONS)}")
     try:
         args = ast.literal_eval(f"({match.group(2)},)") if match.group(2) else ()
         return ACTIVATIONS[match.group(1)](*args)
     except (ValueError, SyntaxError, TypeError) as e:
-        raise ValueError(f"bad activation arguments in {spec!r}: {e}") from None
+        raise ValueError(f"bad activation arguments in {excerpt(spec)}: {excerpt(str(e))}") from None
 
 
 def _resolve_arg(a, named: dict):
@@ -165,7 +161,7 @@ def _resolve_arg(a, named: dict):
 def _check_from(i: int, f, entry) -> list[int]:
     froms = [f] if isinstance(f, int) and not isinstance(f, bool) else f
     if not isinstance(froms, list) or not froms or not all(isinstance(j, int) and not isinstance(j, bool) for j in froms):
-        raise ValueError(f"layer {i} {entry}: 'from' must be an int or a list of ints, got {f!r}")
+        raise ValueError(f"layer {i} {entry}: 'from' must be an int or a list of ints, got {excerpt(f)}")
     for j in froms:
         ok = j == -1 if i == 0 else -i <= j < i
         if not ok:
@@ -177,7 +173,7 @@ def _check_signature(i: int, cls, args: list, kwargs: dict, entry) -> None:
     try:
         inspect.signature(cls).bind(*args, **kwargs)
     except TypeError as e:
-        raise ValueError(f"layer {i} {entry}: wrong arguments for {cls.__name__}{tuple(args)}: {e}") from None
+        raise ValueError(f"layer {i} {entry}: wrong arguments for {cls.__name__}{excerpt(tuple(args))}: {excerpt(str(e))}") from None
 
 
 def parse_model(d: dict, ch: list[int]):
@@ -186,6 +182,10 @@ def parse_model(d: dict, ch: list[int]):
         if key not in d:
             raise ValueError(f"model config lacks '{key}'")
     nc, anchors = d["nc"], d.get("anchors", 3)
+    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+        raise ValueError(f"model config: 'nc' must be a positive int, got {excerpt(nc)}")
+    if not all(isinstance(d[k], list) for k in ("backbone", "head")):
+        raise ValueError("model config: 'backbone' and 'head' must be lists of [from, number, module, args] rows")
     gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
     act = parse_activation(d.get("activation"))
     na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
@@ -194,14 +194,15 @@ def parse_model(d: dict, ch: list[int]):
     layers, save, c2 = [], [], ch[-1]
     for i, entry in enumerate(d["backbone"] + d["head"]):
         if not isinstance(entry, (list, tuple)) or len(entry) != 4:
-            raise ValueError(f"layer {i}: expected [from, number, module, args], got {entry!r}")
+            raise ValueError(f"layer {i}: expected [from, number, module, args], got {excerpt(entry)}")
         f, n, name, args = entry
+        entry = excerpt(entry)  # what error messages echo: never the whole entry (it may be enormous)
         if not isinstance(name, str) or name not in MODULES:
-            raise ValueError(f"layer {i} {entry}: unknown module {name!r}; registered modules: {', '.join(MODULES)}")
+            raise ValueError(f"layer {i} {entry}: unknown module {excerpt(name)}; registered modules: {', '.join(MODULES)}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"layer {i} {entry}: 'number' must be a positive int, got {n!r}")
+            raise ValueError(f"layer {i} {entry}: 'number' must be a positive int, got {excerpt(n)}")
         if not isinstance(args, list):
-            raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {args!r}")
+            raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {excerpt(args)}")
         froms = _check_from(i, f, entry)
         m = MODULES[name]
         args = [_resolve_arg(a, named) for a in args]
@@ -212,7 +213,7 @@ def parse_model(d: dict, ch: list[int]):
                 raise ValueError(f"layer {i} {entry}: {name} takes one input and at least the output channels")
             c1, c2 = ch[froms[0]], args[0]
             if not isinstance(c2, int):
-                raise ValueError(f"layer {i} {entry}: output channels must be an int, got {c2!r}")
+                raise ValueError(f"layer {i} {entry}: output channels must be an int, got {excerpt(c2)}")
             if c2 != no:
                 c2 = make_divisible(c2 * gw, 8)
             args = [c1, c2, *args[1:]]
@@ -238,7 +239,7 @@ def parse_model(d: dict, ch: list[int]):
             else:
                 module = m(*args, **kwargs)
         except (ValueError, TypeError, RuntimeError, IndexError) as e:
-            raise ValueError(f"layer {i} {entry}: cannot build {name}{tuple(args)}: {e}") from None
+            raise ValueError(f"layer {i} {entry}: cannot build {name}{excerpt(tuple(args))}: {excerpt(str(e))}") from None
         module.i, module.f, module.n, module.type, module.args = i, f, n, name, args
         save.extend(j % i for j in froms if j != -1)
         layers.append(module)

@@ -409,15 +409,16 @@ def test_image_cache_matches_uncached(clean_ds, cache):
     for i in range(len(plain)):
         assert torch.equal(plain[i][0], cached[i][0])
     if cache == "disk":
-        assert all(Path(f).with_suffix(".npy").is_file() for f in plain.im_files)
-        assert cached.npy_files[0] == Path(plain.im_files[0]).with_suffix(".npy")
+        assert all(Path(f"{f}.npy").is_file() for f in plain.im_files)
+        assert cached.npy_files[0] == Path(f"{plain.im_files[0]}.npy")
 
 
 def test_disk_cache_fallback(clean_ds, tmp_path):
-    blocked = sorted(clean_ds.glob("*.jpg"))[0].with_suffix(".npy")
+    jpg = sorted(clean_ds.glob("*.jpg"))[0]
+    blocked = jpg.with_name(f"{jpg.name}.npy")
     blocked.mkdir()  # np.save cannot replace a folder: the .npy goes to the fallback dir
     ds = LoadImagesAndLabels(clean_ds, img_size=160, nc=80, cache="disk")
-    i = ds.im_files.index(str(blocked.with_suffix(".jpg")))
+    i = ds.im_files.index(str(jpg))
     assert ds.npy_files[i].is_file() and (tmp_path / "home" / ".cache" / "yolo-reparam") in ds.npy_files[i].parents
     assert torch.equal(ds[i][0], LoadImagesAndLabels(clean_ds, img_size=160, nc=80)[i][0])
 
@@ -444,3 +445,20 @@ def test_rect_batches_under_ddp_stay_in_one_shape_group(world_size, monkeypatch)
     everything = [p for _, paths in per_rank for p in paths]
     assert set(everything) == set(ds.im_files)
     assert len(everything) - len(ds.im_files) <= 5 * (world_size - 1)  # repeats only to even out the last round
+
+
+def test_disk_cache_keeps_same_stem_images_apart(tmp_path):
+    """photo.jpg and photo.png in one folder: each trains with its own pixels (YOLOv5 shares one .npy)."""
+    src = sorted((COCO / "images" / "train2017").glob("*.jpg"))[:2]
+    root = tmp_path / "stems"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "images" / "photo.jpg"), cv2.imread(str(src[0])))
+    cv2.imwrite(str(root / "images" / "photo.png"), cv2.imread(str(src[1])))
+    (root / "labels" / "photo.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    plain = LoadImagesAndLabels(root / "images", img_size=128, nc=80)
+    cached = LoadImagesAndLabels(root / "images", img_size=128, nc=80, cache="disk")
+    assert len(set(cached.npy_files)) == 2
+    for i in range(2):
+        assert torch.equal(plain[i][0], cached[i][0])
+    assert not torch.equal(cached[0][0], cached[1][0])

@@ -152,3 +152,17 @@ def test_ddp_processes_get_their_own_cuda_device():
     assert [ddp_device_index([2, 3], r) for r in (0, 1)] == [2, 3]
     with pytest.raises(ValueError, match="one device per process"):
         ddp_device_index([0], 1, "0")
+
+
+@pytest.mark.cuda
+def test_cuda_end2end_postprocess_with_class_filter():
+    """Outputs of an export with NMS inside come back on the input's device; --classes must filter them there."""
+    from utils.detections import postprocess
+
+    dev = torch.device("cuda")
+    num = torch.tensor([[2]], device=dev)
+    boxes = torch.tensor([[[0, 0, 10, 10], [5, 5, 20, 20]]], device=dev, dtype=torch.float32)
+    scores = torch.tensor([[0.9, 0.8]], device=dev)
+    classes = torch.tensor([[3, 7]], device=dev)
+    (d,) = postprocess((num, boxes, scores, classes), 0.25, 0.45, classes=[7], end2end=True)
+    assert d.device.type == "cuda" and d[:, 5].tolist() == [7.0]

@@ -33,7 +33,7 @@ def letterbox(im: np.ndarray, new_shape=640, color=(114, 114, 114), auto: bool =
     r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
     if not scaleup:
         r = min(r, 1.0)
-    new_unpad = int(round(shape[1] * r)), int(round(shape[0] * r))  # w, h
+    new_unpad = max(1, int(round(shape[1] * r))), max(1, int(round(shape[0] * r)))  # w, h; 4000x1 keeps 1 px
     dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
     if auto:
         dw, dh = np.mod(dw, stride), np.mod(dh, stride)

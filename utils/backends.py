@@ -79,9 +79,11 @@ def parse_metadata(raw: dict[str, Any] | None, source: str) -> dict:
 
 def write_engine_file(path: str | Path, metadata: dict, engine: bytes) -> Path:
     """TensorRT engine with its metadata in front: int32 length (little-endian), JSON, engine bytes."""
+    from utils.atomic import atomic_file
+
     header = json.dumps(metadata).encode()
     path = Path(path)
-    with open(path, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(len(header).to_bytes(ENGINE_HEADER_BYTES, byteorder="little", signed=True))
         f.write(header)
         f.write(engine)
@@ -347,8 +349,9 @@ class TensorRTBackend(Backend):
         self.end2end = self.end2end or self.io.outputs[:1] == ["num_dets"]
 
     def _forward(self, im):
-        x = im.to(self.device, self.io.dtype(self.io.input)).contiguous()
-        y = self.io.run(x)
+        with torch.cuda.device(self.device):  # the engine's GPU current, whatever device another call left
+            x = im.to(self.device, self.io.dtype(self.io.input)).contiguous()
+            y = self.io.run(x)
         return y if self.end2end else y[0]
 
 
@@ -360,10 +363,24 @@ def load_backend(weights, device="cpu", fp16: bool = False) -> Backend:
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if path.is_dir() and path.name.endswith("_openvino_model") or path.suffix == ".xml":
-        return OpenVINOBackend(path, device, fp16)
+        return _open(OpenVINOBackend, path, device, fp16)
     backends = {".pt": PyTorchBackend, ".torchscript": TorchScriptBackend, ".onnx": OnnxRuntimeBackend,
                 ".engine": TensorRTBackend}
     if path.suffix not in backends:
         supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FORMATS.items())
         raise ValueError(f"unsupported model format: {path}; supported: {supported}")
-    return backends[path.suffix](path, device, fp16)
+    return _open(backends[path.suffix], path, device, fp16)
+
+
+def _open(cls: type[Backend], path: Path, device, fp16: bool) -> Backend:
+    """Construct a backend; a file its runtime cannot read becomes one sentence naming the file."""
+    from utils.checkpoint import CheckpointError
+
+    try:
+        return cls(path, device, fp16)
+    except (BackendUnavailable, CheckpointError, FileNotFoundError, ValueError):
+        raise  # already say what is wrong
+    except Exception as e:  # noqa: BLE001 -- each runtime has its own error types for a bad file; re-raised
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ValueError(f"{path} could not be loaded by {cls.__name__} (corrupt, truncated or not that format): "
+                         f"{type(e).__name__}: {first}") from e

@@ -7,15 +7,15 @@ Writes are atomic: a crash mid-save leaves the previous file intact, never a tru
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from utils.atomic import atomic_file
 
 FORMAT = "yolo-reparam-checkpoint"
 VERSION = 1
@@ -49,19 +49,18 @@ def to_plain(obj, where: str = "checkpoint"):
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A write that fails (full disk, quota, permissions) raises ``CheckpointError`` saying so; the previous
+    file at ``path`` is untouched and no temporary file is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError (PytorchStreamWriter)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise CheckpointError(f"could not write {path}: {reason}{kept}") from e
     return path
 
 
@@ -94,17 +93,34 @@ def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> Path:
     return atomic_torch_save(record, path)
 
 
+def _load_plain(path: Path):
+    """``torch.load(weights_only=True)`` with errors that say what the file is and what to do."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = ("global", "unsupported class")  # torch >= 2.4 / 2.3 wording for a pickled class it refuses
+        if not any(w in str(e).lower() for w in refused):  # garbage or a cut file, not a module pickle
+            raise CheckpointError(f"{path} ({path.stat().st_size} bytes) is not a readable checkpoint: truncated, "
+                                  f"corrupt or not a PyTorch file (UnpicklingError: {str(e)[:200]})") from e
+        # a real PyTorch file that holds pickled classes, which weights_only refuses
+        raise CheckpointError(
+            f"{path} holds pickled Python objects (e.g. an official YOLOv5 .pt with a whole nn.Module inside), "
+            "which are not loaded because they can run code. Convert it once where YOLOv5 is installed: "
+            "torch.save(torch.load('yolov5s.pt', weights_only=False)['model'].float().state_dict(), "
+            "'yolov5s_state_dict.pt'), then train from it with --weights yolov5s_state_dict.pt --cfg yolov5s.yaml"
+        ) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint: truncated, corrupt or not a "
+                              f"PyTorch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict safely (weights_only) with clear errors for bad files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        size = path.stat().st_size
-        raise CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint: truncated, corrupt or not a "
-                              f"PyTorch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    ckpt = _load_plain(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = " (it looks like a bare state dict: build the Model from its YAML and load_state_dict it)" if (
             isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())) else ""
@@ -138,16 +154,7 @@ def load_model(path: str | Path, device="cpu", fuse: bool = False):
 
 def _state_dict_from_file(path: Path) -> tuple[dict, bool]:
     """(state dict, folded) from one of our checkpoints or a plain YOLOv5-style state dict file."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} holds pickled Python objects (e.g. an official YOLOv5 .pt with a whole nn.Module inside), "
-            "which are not loaded because they can run code. Convert it once where YOLOv5 is installed: "
-            "torch.save(torch.load('yolov5s.pt', weights_only=False)['model'].float().state_dict(), 'yolov5s_state_dict.pt')"
-        ) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    obj = _load_plain(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj["state_dict"], bool(obj.get("folded"))
     for key in ("state_dict", "model", "ema"):

@@ -23,32 +23,37 @@ STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
 
-def image_id(path: str | Path):
-    """COCO image id from a file name: the integer for '000000000139.jpg', else the stem."""
+def coco_image_id(path: str | Path) -> int:
+    """COCO's own image id from an official file name ('000000000139.jpg' -> 139)."""
     stem = Path(path).stem
-    return int(stem) if stem.isnumeric() else stem
+    if not stem.isdigit():
+        raise ValueError(f"{path}: COCO image names are numeric ids; cannot match it to the official annotations")
+    return int(stem)
 
 
-def detections_to_json(predn: np.ndarray, path: str, class_map=None) -> list[dict]:
+def detections_to_json(predn: np.ndarray, img_id: int, class_map=None) -> list[dict]:
     """One image's detections (x1 y1 x2 y2 conf cls, original pixels) as COCO result records."""
     records = []
     for x1, y1, x2, y2, conf, cls in np.asarray(predn, dtype=np.float64).tolist():
         c = int(cls)
-        records.append({"image_id": image_id(path), "category_id": class_map[c] if class_map else c,
+        records.append({"image_id": int(img_id), "category_id": class_map[c] if class_map else c,
                         "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                         "score": round(conf, 5)})
     return records
 
 
-def ground_truth_json(paths: list[str], shapes: list[tuple[int, int]], targets: list[np.ndarray], names,
-                      class_map=None) -> dict:
-    """COCO annotation dict from YOLO labels in original pixels (rows: cls x1 y1 x2 y2)."""
+def ground_truth_json(ids: list[int], paths: list[str], shapes: list[tuple[int, int]], targets: list[np.ndarray],
+                      names, class_map=None) -> dict:
+    """COCO annotation dict from YOLO labels in original pixels (rows: cls x1 y1 x2 y2), one image per id.
+
+    ``file_name`` is the path as the dataset lists it, so images with one name in different folders stay
+    apart (the ids already are)."""
     images, annotations = [], []
-    for path, (h, w), t in zip(paths, shapes, targets):
-        images.append({"id": image_id(path), "file_name": Path(path).name, "height": int(h), "width": int(w)})
+    for img_id, path, (h, w), t in zip(ids, paths, shapes, targets):
+        images.append({"id": int(img_id), "file_name": str(path), "height": int(h), "width": int(w)})
         for cls, x1, y1, x2, y2 in np.asarray(t, dtype=np.float64).reshape(-1, 5).tolist():
             bw, bh = x2 - x1, y2 - y1
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id(path),
+            annotations.append({"id": len(annotations) + 1, "image_id": int(img_id),
                                 "category_id": class_map[int(cls)] if class_map else int(cls),
                                 "bbox": [x1, y1, bw, bh], "area": bw * bh, "iscrowd": 0})
     ids = class_map or list(range(len(names)))

@@ -471,10 +471,11 @@ class LoadImagesAndLabels(Dataset):
         return im, (h0, w0), im.shape[:2]
 
     def _npy_path(self, i: int) -> Path:
+        """``photo.jpg.npy`` beside the image: the full name, so photo.jpg and photo.png never share a cache."""
         f = Path(self.im_files[i])
         if writable_dir(f.parent):
-            return f.with_suffix(".npy")
-        return fallback_cache_dir() / "npy" / _short_hash(str(f.parent.resolve())) / f"{f.stem}.npy"
+            return f.with_name(f"{f.name}.npy")
+        return fallback_cache_dir() / "npy" / _short_hash(str(f.parent.resolve())) / f"{f.name}.npy"
 
     def _cache_disk_one(self, i: int) -> int:
         """Save the decoded image as .npy once (rewritten when the image is newer); return its bytes."""

@@ -12,9 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from utils.general import LOGGER
+from utils.general import LOGGER, excerpt, load_yaml
 
 SPLITS = ("train", "val", "test")
 
@@ -34,18 +32,15 @@ def _load(data: str | Path | dict) -> tuple[dict, Path]:
     if isinstance(data, dict):
         return dict(data), Path.cwd()  # a dict has no file: relative paths follow the working directory
     file = Path(data)
-    if not file.is_file():
-        raise FileNotFoundError(f"dataset YAML not found: {file}")
-    with open(file, encoding="utf-8") as f:
-        cfg = yaml.safe_load(f)  # safe_load: a config is data, never code
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{file}: expected a mapping at the top level, got {type(cfg).__name__}")
+    cfg = load_yaml(file, "dataset YAML")
     cfg["yaml_file"] = str(file.resolve())
     return cfg, file.resolve().parent
 
 
 def _names_and_nc(cfg: dict, where: str) -> tuple[list[str], int]:
     names, nc = cfg.get("names"), cfg.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise ValueError(f"{where}: 'nc' must be a positive whole number, got {excerpt(nc, 60)}")
     if isinstance(names, dict):
         try:
             ids = sorted(int(k) for k in names)

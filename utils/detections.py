@@ -110,7 +110,7 @@ def postprocess(out, conf_thres: float, iou_thres: float, classes=None, agnostic
         d = torch.cat((boxes[i, :n].float(), scores[i, :n, None].float(), cls[i, :n, None].float()), 1)
         d = d[d[:, 4] > conf_thres]
         if classes is not None:
-            d = d[(d[:, 5:6] == torch.as_tensor(classes, dtype=d.dtype)).any(1)]
+            d = d[(d[:, 5:6] == torch.as_tensor(classes, dtype=d.dtype, device=d.device)).any(1)]
         result.append(d[d[:, 4].argsort(descending=True)][:max_det])
     return result
 
@@ -133,6 +133,10 @@ def _image_from(x, i: int) -> tuple[np.ndarray, str]:
         return np.asarray(ImageOps.exif_transpose(x).convert("RGB")), name
     if isinstance(x, np.ndarray):
         im = x
+        if im.ndim not in (2, 3):
+            raise ValueError(f"image {i}: expected an HxW or HxWx3 array, got shape {x.shape} (pass a list for a batch)")
+        if im.size == 0:
+            raise ValueError(f"image {i}: empty array of shape {x.shape}")
         if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[2] not in (1, 3, 4):
             im = im.transpose(1, 2, 0)  # CHW -> HWC
         if im.ndim == 2 or (im.ndim == 3 and im.shape[2] == 1):
@@ -140,9 +144,15 @@ def _image_from(x, i: int) -> tuple[np.ndarray, str]:
         if im.ndim != 3 or im.shape[2] < 3:
             raise ValueError(f"image {i}: expected an HxWx3 array, got shape {x.shape}")
         im = im[..., :3]  # drop alpha
-        if im.dtype != np.uint8:
+        if im.dtype == np.bool_ or not (np.issubdtype(im.dtype, np.integer) or np.issubdtype(im.dtype, np.floating)):
+            raise ValueError(f"image {i}: unsupported array dtype {im.dtype}; use uint8, uint16 or float")
+        if np.issubdtype(im.dtype, np.integer) and im.dtype != np.uint8:  # 16-bit images: scale, never clip
+            im = im.astype(np.float64) * (255.0 / np.iinfo(im.dtype).max)
+        elif im.dtype != np.uint8:  # float: 0..1 or 0..255, as YOLOv5 takes it
             im = im.astype(np.float32)
-            im = np.clip(im * 255 if im.size and im.max() <= 1.0 else im, 0, 255).round().astype(np.uint8)
+            im = im * 255 if im.max() <= 1.0 else im
+        if im.dtype != np.uint8:
+            im = np.clip(im, 0, 255).round().astype(np.uint8)
         return im, f"image{i}.jpg"
     raise TypeError(f"image {i}: unsupported input type {type(x).__name__} (use a path, URL, PIL image, "
                     "numpy array, torch tensor or a list of these)")
@@ -212,6 +222,8 @@ class AutoShape(nn.Module):
         if isinstance(ims, torch.Tensor):
             return self._infer(ims.to(device, dtype), augment)
         batch = list(ims) if isinstance(ims, (list, tuple)) else [ims]
+        if not batch:
+            raise ValueError("no images given (an empty list)")
         pairs = [_image_from(x, i) for i, x in enumerate(batch)]
         images, files = [np.ascontiguousarray(p[0]) for p in pairs], [p[1] for p in pairs]
         shape1 = self._input_shape([im.shape[:2] for im in images], size)

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.coco import detections_to_json
-from utils.general import LOGGER
+from utils.coco import coco_image_id, detections_to_json
+from utils.general import LOGGER, unique_name
 from utils.metric_plots import plot_metric_curves
 from utils.metrics import ConfusionMatrix, evaluate_detections
 from utils.ops import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.plots import plot_images
+from utils.torch_utils import synced_time
 
 
 class Collector:
@@ -30,7 +31,13 @@ class Collector:
     def __init__(self, single_cls: bool, save_txt: bool, save_conf: bool, save_json: bool, class_map, save_dir: Path):
         self.single_cls, self.save_txt, self.save_conf = single_cls, save_txt, save_conf
         self.save_json, self.class_map, self.save_dir = save_json, class_map, save_dir
-        self.preds, self.targets, self.paths, self.shapes, self.json = [], [], [], [], []
+        self.preds, self.targets, self.paths, self.shapes, self.ids, self.json = [], [], [], [], [], []
+        self.txt_names: set[str] = set()
+
+    def next_image_id(self, path) -> int:
+        """COCO image id: COCO's own for COCO (matched against the official annotations), otherwise the
+        image's position in the pass, unique even where two folders hold files of one name."""
+        return coco_image_id(path) if self.class_map else len(self.paths) + 1
 
     def add_batch(self, preds, targets, im, paths, shapes) -> None:
         for si, pred in enumerate(preds):
@@ -43,6 +50,8 @@ class Collector:
             tbox = xywh2xyxy(labels[:, 1:5])
             scale_boxes(im.shape[2:], tbox, shape0, ratio_pad)
             predn = predn.cpu().numpy()
+            img_id = self.next_image_id(paths[si])
+            self.ids.append(img_id)
             self.preds.append(predn)
             self.targets.append(torch.cat((labels[:, :1], tbox), 1).cpu().numpy())
             self.paths.append(str(paths[si]))
@@ -50,7 +59,7 @@ class Collector:
             if self.save_txt:
                 self.write_txt(predn, shape0, Path(paths[si]))
             if self.save_json:
-                self.json.extend(detections_to_json(predn, paths[si], self.class_map))
+                self.json.extend(detections_to_json(predn, img_id, self.class_map))
 
     def write_txt(self, predn: np.ndarray, shape0, path: Path) -> None:
         gain = np.array([shape0[1], shape0[0], shape0[1], shape0[0]], dtype=np.float64)
@@ -59,7 +68,7 @@ class Collector:
             xywh = (xyxy2xywh(np.array([xyxy], dtype=np.float64)) / gain)[0]
             row = (int(cls), *xywh, conf) if self.save_conf else (int(cls), *xywh)
             lines.append(("%g " * len(row)).rstrip() % row)
-        out = self.save_dir / "labels" / f"{path.stem}.txt"
+        out = self.save_dir / "labels" / unique_name(f"{path.stem}.txt", self.txt_names)
         out.write_text("".join(line + "\n" for line in lines))
 
 
@@ -109,15 +118,15 @@ def evaluate(model, dataloader, collector: Collector, *, device, half=False, con
         im = im.to(device, non_blocking=True)
         im = (im.half() if half else im.float()) / 255
         targets = targets.to(device)
-        t1 = time.perf_counter()
+        t1 = synced_time(device)
         preds, train_out = model(im, augment=augment) if augment else model(im)
-        t2 = time.perf_counter()
+        t2 = synced_time(device)
         if compute_loss and train_out is not None:
             loss += compute_loss([x.float() for x in train_out], targets)[1]
         targets[:, 2:] *= torch.tensor((im.shape[3], im.shape[2]) * 2, device=device)
         preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
                                     max_det=max_det)
-        t3 = time.perf_counter()
+        t3 = synced_time(device)
         dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
         collector.add_batch(preds, targets, im, paths, shapes)
         if plots and batch_i < 3:

@@ -19,6 +19,7 @@ import yaml
 from torch import Tensor, nn
 
 from models.yolo import Detect
+from utils.atomic import atomic_dir, atomic_file
 from utils.backends import import_tensorrt, write_engine_file
 from utils.checkpoint import save_checkpoint
 from utils.general import LOGGER
@@ -124,7 +125,8 @@ def export_torchscript(ctx: ExportContext) -> Path:
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=FutureWarning)
         # check_trace off: verify_export compares the saved file's output with the model's anyway
         ts = torch.jit.trace(model, im, strict=False, check_trace=False)
-        ts.save(str(f), _extra_files={"config.txt": json.dumps(ctx.metadata())})
+        with atomic_file(f) as tmp:
+            ts.save(str(tmp), _extra_files={"config.txt": json.dumps(ctx.metadata())})
     return f
 
 
@@ -210,8 +212,6 @@ def _torch_onnx_export(model: nn.Module, im: Tensor, f: Path, opset: int, output
 
 def export_onnx(ctx: ExportContext, f: Path | None = None, nms: bool | None = None, half: bool | None = None) -> Path:
     """ONNX at ``ctx.opset``; metadata in ``metadata_props``; checked, optionally slimmed (onnxslim)."""
-    import onnx
-
     nms = ctx.nms if nms is None else nms
     half = ctx.half if half is None else half
     f = f or ctx.file(".onnx")
@@ -226,8 +226,16 @@ def export_onnx(ctx: ExportContext, f: Path | None = None, nms: bool | None = No
     else:
         outputs = ["output0"]
         dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}}
-    _torch_onnx_export(model, im, f, ctx.opset, outputs, dynamic_axes if ctx.dynamic else None, ctx.verbose)
+    with atomic_file(f) as tmp:  # graph, then metadata: the final name only for the finished file
+        _write_onnx(ctx, model, im, tmp, outputs, dynamic_axes, half, nms)
+    return f
 
+
+def _write_onnx(ctx: ExportContext, model, im, f: Path, outputs, dynamic_axes, half: bool, nms: bool) -> None:
+    """Trace to ``f``, check, optionally slim, and write the metadata into the same file."""
+    import onnx
+
+    _torch_onnx_export(model, im, f, ctx.opset, outputs, dynamic_axes if ctx.dynamic else None, ctx.verbose)
     model_onnx = onnx.load(str(f))
     onnx.checker.check_model(model_onnx)
     if ctx.simplify:
@@ -242,7 +250,6 @@ def export_onnx(ctx: ExportContext, f: Path | None = None, nms: bool | None = No
         entry = model_onnx.metadata_props.add()
         entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
     onnx.save(model_onnx, str(f))
-    return f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,15 +261,13 @@ def export_openvino(ctx: ExportContext) -> Path:
     import openvino as ov
 
     d = ctx.file("_openvino_model")
-    d.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:  # an fp32 ONNX of its own: --half ONNX needs CUDA, OpenVINO does not
+    with tempfile.TemporaryDirectory() as tmp:  # an fp32 ONNX of its own: OpenVINO compresses to FP16 itself
         onnx_file = export_onnx(ctx, Path(tmp) / f"{ctx.weights.stem}.onnx", half=False)
         ov_model = ov.convert_model(str(onnx_file))
-    xml = d / f"{ctx.weights.stem}.xml"
-    ov.save_model(ov_model, str(xml), compress_to_fp16=ctx.half)  # explicit: save_model defaults to FP16
-    meta = ctx.metadata(end2end=ctx.nms)
-    with open(d / "metadata.yaml", "w", encoding="utf-8") as fh:
-        yaml.safe_dump(meta, fh, sort_keys=False, allow_unicode=True)
+    with atomic_dir(d) as tmp_dir:  # IR and metadata appear together, or not at all
+        ov.save_model(ov_model, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=ctx.half)
+        with open(tmp_dir / "metadata.yaml", "w", encoding="utf-8") as fh:
+            yaml.safe_dump(ctx.metadata(end2end=ctx.nms), fh, sort_keys=False, allow_unicode=True)
     return d
 
 

@@ -40,31 +40,96 @@ def make_divisible(x: float, divisor: int) -> int:
 
 
 def increment_path(path: str | Path, exist_ok: bool = False, sep: str = "", mkdir: bool = False) -> Path:
-    """runs/train/exp -> runs/train/exp2, exp3, ... unless ``exist_ok`` (YOLOv5's run naming)."""
+    """runs/train/exp -> runs/train/exp2, exp3, ... unless ``exist_ok`` (YOLOv5's run naming).
+
+    With ``mkdir`` the folder is claimed by creating it: two runs started at the same moment get
+    different folders, because only one mkdir of a name can succeed."""
     path = Path(path)
-    if path.exists() and not exist_ok:
-        base, suffix = (path.with_suffix(""), path.suffix) if path.is_file() else (path, "")
-        n = 2
-        while Path(f"{base}{sep}{n}{suffix}").exists():
-            n += 1
-        path = Path(f"{base}{sep}{n}{suffix}")
-    if mkdir:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    if exist_ok or (not mkdir and not path.exists()):
+        if mkdir:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+    base, suffix = (path.with_suffix(""), path.suffix) if path.is_file() else (path, "")
+    n = 1
+    while True:
+        candidate = path if n == 1 else Path(f"{base}{sep}{n}{suffix}")
+        n += 1
+        if not mkdir:
+            if not candidate.exists():
+                return candidate
+            continue
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
 
 
-def load_yaml(path: str | Path) -> dict:
-    """A YAML mapping from a file, with a clear error naming the file otherwise."""
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem_2.ext``, ``stem_3.ext``... when an earlier file of the same name took it (two
+    folders holding 000001.jpg must not overwrite each other's outputs); records the result in ``taken``."""
+    stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+    out, n = name, 2
+    while out in taken:
+        out = f"{stem}_{n}{dot}{ext}"
+        n += 1
+    taken.add(out)
+    return out
+
+
+MAX_YAML_BYTES = 1 << 20  # configs are a few kB; a larger "config" is a mistake or an attack
+MAX_YAML_NODES = 200_000  # values after alias expansion: a 600-byte alias bomb expands to ~10^9
+MAX_YAML_DEPTH = 32
+
+
+def excerpt(obj, limit: int = 160) -> str:
+    """A short repr of ``obj`` for error messages: never echo a whole (possibly huge) entry."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 60, 60
+    text = r.repr(obj)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_expanded_size(obj, where: str) -> None:
+    """Refuse YAML whose aliases expand past MAX_YAML_NODES values or nest past MAX_YAML_DEPTH."""
+    count, stack = 0, [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+            what = f"more than {MAX_YAML_NODES} values" if count > MAX_YAML_NODES else f"nesting deeper than {MAX_YAML_DEPTH}"
+            raise ValueError(f"{where}: refused, {what} once its aliases are expanded (a YAML bomb or not a config)")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def load_yaml(path: str | Path, what: str = "YAML file") -> dict:
+    """A YAML mapping from a file, safely: data only, size and alias-expansion limits, and errors that name
+    the file (missing, too large, binary, invalid YAML, not a mapping)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            d = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from None
+        raise FileNotFoundError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ValueError(f"{path}: {size} bytes is too large for a {what} (limit {MAX_YAML_BYTES})")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, text.index("\x00"), text.index("\x00") + 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text {what} (binary content; is this the right file?)") from None
+    try:
+        d = yaml.safe_load(text)  # safe_load: a config is data, never code
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {excerpt(str(e), 400)}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a YAML mapping, got {type(d).__name__}")
+    _check_expanded_size(d, str(path))
     return d

@@ -73,6 +73,16 @@ def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def synced_time(device) -> float:
+    """``time.perf_counter()`` after the device's queued work finished (CUDA runs asynchronously, so an
+    unsynchronised timestamp after a forward pass measures only the kernel launches)."""
+    import time
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 # ---------------------------------------------------------------------------------------------
 # Training helpers
 # ---------------------------------------------------------------------------------------------

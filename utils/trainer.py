@@ -110,7 +110,7 @@ class Trainer:
             self.lf = lambda x: (1 - x / opt.epochs) * (1.0 - hyp["lrf"]) + hyp["lrf"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.ema = ModelEMA(self.model) if self.main else None
-        self.set_amp(check_amp(self.model, self.device))
+        self.set_amp(self.agree(check_amp(self.model, self.device)))
         if self.ckpt is not None:
             self.restore(self.ckpt)
         self.build_data()
@@ -123,6 +123,15 @@ class Trainer:
         self.compute_loss = ComputeLoss(de_parallel(self.model), hyp)
         self.stopper = EarlyStopping(patience=opt.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
+
+    def agree(self, flag: bool) -> bool:
+        """Under DDP, True only if every process says True: ranks that differ on AMP would average scaled and
+        unscaled gradients."""
+        if self.rank == -1 or not dist.is_initialized():
+            return flag
+        t = torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
 
     def set_amp(self, enabled: bool) -> None:
         """Mixed precision: fp16 with loss scaling on CUDA, bf16 without it elsewhere (same code path)."""
@@ -150,6 +159,9 @@ class Trainer:
             cache=opt.cache, rect=opt.rect, rank=self.rank, workers=opt.workers, prefix="train: ", shuffle=True,
             seed=opt.seed, nc=self.data_nc)
         labels = np.concatenate(self.dataset.labels, 0) if len(self.dataset.labels) else np.zeros((0, 5))
+        if not len(labels):  # nothing to learn from: fail now, not after an epoch of zero box loss
+            raise ValueError(f"no labels in {data['train']}: all {len(self.dataset)} images lack label files or boxes "
+                             "(YOLO labels go in a labels/ folder beside images/, one .txt per image)")
         if len(labels) and labels[:, 0].max() >= self.nc:
             raise ValueError(f"label class {int(labels[:, 0].max())} exceeds nc={self.nc} in {opt.data}")
         self.val_loader = None
