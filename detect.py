@@ -22,9 +22,11 @@ import cv2
 import numpy as np
 import torch
 
-from utils.detections import count_text, draw_detections, label_lines, postprocess, save_one_box
-from utils.general import LOGGER, ROOT, increment_path, load_yaml, setup_logging, unique_name
-from utils.ops import scale_boxes
+from utils.detections import count_text, draw_detections, postprocess, save_one_box
+from utils.backends import load_backend
+from utils.dataset_config import load_names
+from utils.general import LOGGER, ROOT, check_imgsz, check_options, increment_path, setup_logging, unique_name
+from utils.ops import label_lines, scale_boxes
 from utils.plots import class_name
 from utils.sources import LoadImages, display_available, expand_files, is_stream, load_source
 from utils.torch_utils import select_device, synced_time
@@ -46,51 +48,10 @@ def class_names(data, default) -> list[str]:
     """Class names from a dataset YAML (list or {id: name}), else ``default`` (the model's)."""
     if not data:
         return list(default)
-    names = load_yaml(data).get("names")
-    if isinstance(names, dict):
-        names = [str(names[k]) for k in sorted(names)]
-    if not isinstance(names, list) or not names:
-        raise ValueError(f"{data}: no 'names' list to take class names from")
+    names = load_names(data)  # the one parser of a data YAML's names, as training and export read them
     if len(names) != len(default):
         LOGGER.warning(f"WARNING {data} names {len(names)} classes but the model has {len(default)}")
     return [str(n) for n in names]
-
-
-def check_imgsz(imgsz, stride: int) -> tuple[int, int]:
-    """(h, w) from an int or 1-2 ints, each rounded up to a multiple of ``stride`` (with a warning)."""
-    size = [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    if len(size) not in (1, 2) or any(int(s) < 1 for s in size):
-        raise ValueError(f"imgsz must be one or two positive ints, got {imgsz}")
-    size = [int(s) for s in size] * (2 if len(size) == 1 else 1)
-    new = [max(stride, -(-s // stride) * stride) for s in size]
-    if new != size:
-        LOGGER.warning(f"WARNING --imgsz {size} must be a multiple of the max stride {stride}, updating to {new}")
-    return new[0], new[1]
-
-
-def load_detector(weights, device, half: bool, augment: bool):
-    """(backend, inference function) for ``weights``; test-time augmentation only for PyTorch checkpoints."""
-    from models.yolo import Model
-    from utils.backends import load_backend
-
-    is_pt = Path(str(weights)).suffix == ".pt"
-    if augment and not is_pt:
-        raise ValueError(f"--augment (test-time augmentation) needs a PyTorch .pt checkpoint, not {weights}")
-    backend = load_backend(str(weights), device=device, fp16=half)
-    if not augment:
-        return backend, backend
-    model = getattr(backend, "model", None)
-    if not isinstance(model, Model):
-        raise ValueError(f"--augment: {weights} did not load as a PyTorch Model")
-    return backend, lambda x: model(x, augment=True)[0]
-
-
-def check_options(conf_thres, iou_thres, max_det, vid_stride, line_thickness) -> None:
-    for name, value, ok in (("conf_thres", conf_thres, 0 <= conf_thres <= 1), ("iou_thres", iou_thres, 0 <= iou_thres <= 1),
-                            ("max_det", max_det, max_det >= 1), ("vid_stride", vid_stride, vid_stride >= 1),
-                            ("line_thickness", line_thickness, line_thickness >= 1)):
-        if not ok:
-            raise ValueError(f"{name}: invalid value {value}")
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -188,14 +149,15 @@ def run(
     """Detect objects in ``source``; returns one ImageResult per image or video frame, in order."""
     if weights is None:
         raise ValueError("weights: pass a model file (checkpoint .pt, .torchscript, .onnx, *_openvino_model, .engine)")
-    check_options(conf_thres, iou_thres, max_det, vid_stride, line_thickness)
+    check_options(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, vid_stride=vid_stride,
+                  line_thickness=line_thickness, imgsz=imgsz, classes=classes)
     if not is_stream(str(source)) and not isinstance(source, (list, tuple)):
         expand_files(source)  # a missing path fails here, before the model loads
     device = select_device(device)
     if half and device.type == "cpu":
         LOGGER.warning("WARNING --half needs CUDA: running in FP32 on CPU")
         half = False
-    backend, infer = load_detector(weights, device, half, augment)
+    backend = load_backend(weights, device, fp16=half, augment=augment)  # any format
     names = class_names(data, backend.names)
     stride = int(backend.stride)
     imgsz = check_imgsz(imgsz, stride)
@@ -215,7 +177,7 @@ def run(
     nms = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det,
                end2end=getattr(backend, "end2end", False))
     try:
-        results, dt = _loop(dataset, backend, infer, nms, outputs, names, view_img)
+        results, dt = _loop(dataset, backend, augment, nms, outputs, names, view_img)
     finally:
         outputs.close()
         if hasattr(dataset, "close"):
@@ -231,7 +193,7 @@ def run(
     return results
 
 
-def _loop(dataset, backend, infer, nms: dict, outputs: Outputs, names, view_img: bool):
+def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, view_img: bool):
     """Inference over every item of ``dataset``; returns (results, [pre, inference, nms] seconds)."""
     results, dt, frames, last_path = [], [0.0, 0.0, 0.0], {}, None
     for path, im, im0, cap, s in dataset:
@@ -239,7 +201,7 @@ def _loop(dataset, backend, infer, nms: dict, outputs: Outputs, names, view_img:
         x = torch.from_numpy(im).to(backend.device)
         x = (x.half() if backend.fp16 else x.float())[None] / 255
         t1 = synced_time(backend.device)
-        y = infer(x)
+        y = backend(x, augment=augment)
         t2 = synced_time(backend.device)
         det = postprocess(y, **nms)[0]
         scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2])
@@ -294,14 +256,11 @@ def parse_opt(argv=None):
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     opt = p.parse_args(argv)
-    checks = (("--imgsz", opt.imgsz, len(opt.imgsz) <= 2 and all(s >= 1 for s in opt.imgsz)),
-              ("--conf-thres", opt.conf_thres, 0 <= opt.conf_thres <= 1), ("--iou-thres", opt.iou_thres, 0 <= opt.iou_thres <= 1),
-              ("--max-det", opt.max_det, opt.max_det >= 1), ("--vid-stride", opt.vid_stride, opt.vid_stride >= 1),
-              ("--line-thickness", opt.line_thickness, opt.line_thickness >= 1),
-              ("--classes", opt.classes, opt.classes is None or all(c >= 0 for c in opt.classes)))
-    for flag, value, ok in checks:
-        if not ok:
-            p.error(f"{flag}: invalid value {value}")
+    try:
+        check_options(imgsz=opt.imgsz, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, max_det=opt.max_det,
+                      vid_stride=opt.vid_stride, line_thickness=opt.line_thickness, classes=opt.classes)
+    except ValueError as e:
+        p.error(str(e))
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz  # expand
     return opt
 

@@ -37,14 +37,15 @@ import torch
 from utils.augmentations import letterbox
 from utils.backends import load_backend
 from utils.checkpoint import load_model
+from utils.dataset_config import load_names  # one parser for names, shared with check_dataset
 from utils.exporters import EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
-from utils.general import LOGGER, ROOT, setup_logging
+from utils.general import LOGGER, ROOT, check_imgsz, setup_logging
 from utils.ops import non_max_suppression
 from utils.torch_utils import select_device
 
 FORMATS = tuple(EXPORTERS)  # export order matters: engine reuses the ONNX file exported before it
 TOLERANCE = {"fp32": 5e-4, "fp16": 1e-2}  # max error, boxes / image size and probabilities as they are
-TEST_IMAGES = (ROOT / "data" / "images" / "bus.jpg", ROOT.parent / "shared" / "images" / "bus.jpg")
+TEST_IMAGE = ROOT / "data" / "images" / "bus.jpg"  # shipped with the repository: no outside folder needed
 
 
 @dataclass
@@ -76,23 +77,10 @@ class VerificationError(RuntimeError):
 # Inputs
 # ---------------------------------------------------------------------------------------------
 
-def parse_imgsz(imgsz, stride: int) -> tuple[int, int]:
-    """(h, w) from one or two ints, each rounded up to a multiple of ``stride`` (with a warning)."""
-    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    if len(sizes) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sizes):
-        raise ValueError(f"--imgsz takes one or two positive ints (h w), got {imgsz!r}")
-    h, w = sizes * 2 if len(sizes) == 1 else sizes
-    new = tuple(-(-s // stride) * stride for s in (h, w))
-    if new != (h, w):
-        LOGGER.warning(f"WARNING --imgsz {h} {w} is not a multiple of the stride {stride}: using {new[0]} {new[1]}")
-    return new
-
-
 def verification_image() -> Path:
-    for p in TEST_IMAGES:
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"no test image for verification: looked for {', '.join(map(str, TEST_IMAGES))}")
+    if TEST_IMAGE.is_file():
+        return TEST_IMAGE
+    raise FileNotFoundError(f"no test image for verification: {TEST_IMAGE} is missing")
 
 
 def example_input(hw: tuple[int, int], batch: int, device) -> torch.Tensor:
@@ -104,14 +92,6 @@ def example_input(hw: tuple[int, int], batch: int, device) -> torch.Tensor:
     im = letterbox(im0, hw, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
     x = torch.from_numpy(np.ascontiguousarray(im)).float().div(255)
     return x.unsqueeze(0).expand(batch, -1, -1, -1).contiguous().to(device)
-
-
-def load_names(data: str | Path) -> list[str]:
-    """Class names from a dataset YAML (list or {id: name})."""
-    from utils.dataset_config import _load, _names_and_nc  # one parser for names, shared with check_dataset
-
-    cfg, _ = _load(data)
-    return _names_and_nc(cfg, str(data))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +220,7 @@ def build_context(weights, imgsz, batch_size, device, names, **options) -> Expor
         p.requires_grad_(False)
     set_export_mode(model, options.get("dynamic", False))
     stride = int(max(model.stride))
-    im = example_input(parse_imgsz(imgsz, stride), batch_size, device)
+    im = example_input(check_imgsz(imgsz, stride), batch_size, device)
     with torch.no_grad():
         model(im)  # build Detect's grids once so tracing does not record their creation
     return ExportContext(model=model, im=im, weights=Path(weights), names=model.names, **options)

@@ -38,19 +38,12 @@ def custom(path="path/to/model.pt", autoshape: bool = True, device=None, _verbos
 
     if _verbose:
         setup_logging()
-    device = _device(device)
-    path = Path(path)
-    if path.suffix == ".pt":
-        from utils.checkpoint import load_model
+    from utils.backends import load_backend
 
-        model = load_model(path, device, fuse=autoshape)
-    else:
-        from utils.backends import load_backend
-
-        model = load_backend(str(path), device=device)
+    backend = load_backend(Path(path), _device(device), fuse=autoshape)  # folded for inference, as saved to train
     if _verbose:
-        LOGGER.info(f"Loaded {path} ({type(model).__name__}, {len(model.names)} classes)")
-    return AutoShape(model) if autoshape else model
+        LOGGER.info(f"Loaded {path} ({type(backend).__name__}, {len(backend.names)} classes)")
+    return AutoShape(backend) if autoshape else backend.native()
 
 
 def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int = 80, autoshape: bool = True,

@@ -174,9 +174,7 @@ def main(opt: argparse.Namespace):
         init_seeds(opt.seed + 1 + max(rank, 0), deterministic=opt.deterministic)
         if rank in (-1, 0):
             write_run_files(opt, hyp)
-        trainer = Trainer(opt, hyp, data, device, ckpt)
-        trainer.build()
-        return trainer.train()
+        return Trainer(opt, hyp, data, device, ckpt).train()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -4,8 +4,9 @@
     python val.py --weights best.pt --data ../shared/datasets/coco128/coco128.yaml --save-json
 
 Prints YOLOv5's table (P, R, mAP50, mAP50-95; per class with --verbose), the speed line and, with
---save-json, the pycocotools summary. ``run(**kwargs)`` is importable: training calls it every
-epoch with its in-memory model and dataloader.
+--save-json, the pycocotools summary. ``run(**kwargs)`` is importable (and takes an in-memory
+``model`` with a ``dataloader``, as YOLOv5's does); the evaluation itself is ``utils.evaluator.validate``,
+which training calls directly.
 """
 from __future__ import annotations
 
@@ -16,55 +17,34 @@ from pathlib import Path
 import torch
 
 from utils.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json
-from utils.evaluator import Collector, evaluate, output_to_target, per_class_map, score  # noqa: F401 (re-exported)
-from utils.general import LOGGER, ROOT, increment_path, setup_logging
+from utils.backends import load_backend
+from utils.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
+from utils.general import LOGGER, ROOT, check_options, increment_path, setup_logging
 from utils.torch_utils import de_parallel, select_device
 
 
-class ExportedModel:
-    """Drives an exported model (TorchScript, ONNX Runtime, OpenVINO, TensorRT) like an in-memory one."""
-
-    def __init__(self, backend):
-        self.backend, self.names, self.stride = backend, list(backend.names), torch.tensor([float(backend.stride)])
-        self.yaml = {"nc": len(self.names)}
-
-    def __call__(self, im, augment=False):
-        return self.backend(im.float()), None
-
-
-def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers, augment):
-    """Model, dataloader and dataset dict for the command-line path (any checkpoint or exported format)."""
-    from utils.backends import load_backend
-    from utils.checkpoint import load_model
+def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers):
+    """Backend, dataloader and dataset dict for the command-line path (any checkpoint or exported format)."""
     from utils.dataloaders import create_dataloader
     from utils.dataset_config import check_dataset
 
-    rect = True
-    if Path(weights).suffix == ".pt":  # ours, folded or not, exactly as stored
-        model = load_model(weights, device)
-    else:
-        backend = load_backend(weights, device, fp16=half)
-        if backend.end2end:
-            raise ValueError(f"{weights} has NMS inside (exported with --nms): export without --nms to validate it")
-        if augment:
-            raise ValueError("--augment needs a PyTorch checkpoint (.pt)")
-        model = ExportedModel(backend)
-        if backend.imgsz is not None:  # a fixed-shape export: its own size, square batches of its batch size
-            imgsz, rect = int(max(backend.imgsz)), False
-            batch_size = backend.batch or batch_size
-            LOGGER.info(f"{weights}: fixed input {tuple(backend.imgsz)}, batch {batch_size}")
+    backend = load_backend(weights, device, fp16=half, fuse=False)  # a .pt validates exactly as stored
+    if backend.end2end:
+        raise ValueError(f"{weights} has NMS inside (exported with --nms): export without --nms to validate it")
+    rect = backend.imgsz is None
+    if not rect:  # a fixed-shape export: its own size, square batches of its batch size
+        imgsz, batch_size = int(max(backend.imgsz)), backend.batch or batch_size
+        LOGGER.info(f"{weights}: fixed input {tuple(backend.imgsz)}, batch {batch_size}")
     data = check_dataset(data)
-    model_nc = int(model.yaml["nc"])
-    if not single_cls and model_nc != int(data["nc"]):  # before the pass, not after it
-        raise ValueError(f"{weights} predicts {model_nc} classes but {data.get('yaml_file', 'the data YAML')} has "
+    if not single_cls and backend.nc != int(data["nc"]):  # before the pass, not after it
+        raise ValueError(f"{weights} predicts {backend.nc} classes but {data.get('yaml_file', 'the data YAML')} has "
                          f"nc={data['nc']}: validate on the dataset it was trained for (or use --single-cls)")
     split = data.get(task) if task in ("train", "val", "test") else data["val"]
     if not split:
         raise ValueError(f"--task {task}: the data YAML has no '{task}' split")
-    stride = int(model.stride.max())
-    loader = create_dataloader(split, imgsz, batch_size, stride, single_cls, pad=0.5, rect=rect, workers=workers,
-                               prefix=f"{task}: ", nc=data["nc"])[0]
-    return model, loader, data
+    loader = create_dataloader(split, imgsz, batch_size, backend.stride, single_cls, pad=0.5, rect=rect,
+                               workers=workers, prefix=f"{task}: ", nc=data["nc"])[0]
+    return backend, loader, data
 
 
 def evaluate_with_pycocotools(collector: Collector, names, data, save_dir: Path, weights) -> dict:
@@ -88,42 +68,38 @@ def run(
     save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp", exist_ok=False, half=True,
     model=None, dataloader=None, save_dir=Path(""), plots=True, compute_loss=None, names=None,
 ):
-    """Returns ((P, R, mAP50, mAP50-95, box, obj, cls losses), per-class mAP array, (pre, inf, nms) ms/img)."""
-    training = model is not None
-    if training:
-        device = next(model.parameters()).device
-        half &= device.type != "cpu"
-        model = de_parallel(model)
-    else:
+    """Returns ((P, R, mAP50, mAP50-95, box, obj, cls losses), per-class mAP array, (pre, inf, nms) ms/img).
+
+    With ``model`` and ``dataloader`` (YOLOv5's in-process form) that model is validated on that loader;
+    otherwise ``weights`` (any format) on ``data``'s ``task`` split. --half applies on CUDA only."""
+    check_options(batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                  workers=workers)
+    if model is None:
         device = select_device(device, batch_size)
-        half &= device.type != "cpu"
         if task == "speed":  # YOLOv5's speed benchmark settings
             conf_thres, iou_thres, save_json, plots = 0.25, 0.45, False, False
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
         if save_txt:
             (save_dir / "labels").mkdir(exist_ok=True)
-        model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls,
-                                                      workers, augment)
+        model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz,
+                                                      half and device.type != "cpu", single_cls, workers)
         names = data["names"]
-    nc = 1 if single_cls else int(model.yaml["nc"])
-    names = list(names or getattr(model, "names", None) or range(nc))
+    backend = load_backend(de_parallel(model), fuse=False)  # a backend (the CLI path) passes through
+    half = half and backend.device.type != "cpu"
+    names = list(names or backend.names or range(backend.nc))
     class_map = COCO80_TO_91 if find_coco_annotations(data or {}) is not None else None
-    collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
-    loss, dt = evaluate(model, dataloader, collector, device=device, half=half, conf_thres=conf_thres,
-                        iou_thres=iou_thres, max_det=max_det, augment=augment, compute_loss=compute_loss,
-                        plots=plots, save_dir=save_dir, names=names)
-    results = score(collector, nc, names, verbose=verbose or (not training and nc < 50), plots=plots, save_dir=save_dir)
-    seen = len(collector.preds)
-    times = tuple(x / max(seen, 1) * 1e3 for x in dt)
-    if not training:
-        shape = (batch_size, 3, imgsz, imgsz)
-        LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s" % (*times, shape))
-    if save_json and seen:
-        results["coco"] = evaluate_with_pycocotools(collector, names, data, Path(save_dir), weights)
-    if not training and (save_txt or save_json or plots):
+    v = validate(backend, dataloader, names=names, single_cls=single_cls, half=half, conf_thres=conf_thres, iou_thres=iou_thres,
+                 max_det=max_det, augment=augment, compute_loss=compute_loss, plots=plots, save_dir=save_dir,
+                 verbose=verbose or (weights is not None and len(names) < 50), save_txt=save_txt,
+                 save_conf=save_conf, save_json=save_json, class_map=class_map)
+    if weights is not None:
+        LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s"
+                    % (*v.times, (batch_size, 3, imgsz, imgsz)))
+    if save_json and v.collector.preds:
+        v.results["coco"] = evaluate_with_pycocotools(v.collector, names, data, Path(save_dir), weights)
+    if weights is not None and (save_txt or save_json or plots):
         LOGGER.info(f"Results saved to {save_dir}")
-    metrics = (results["precision"], results["recall"], results["map50"], results["map"])
-    return (*metrics, *loss.cpu().tolist()), per_class_map(results, nc), times
+    return v.metrics, v.maps, v.times
 
 
 def parse_opt(argv=None):
@@ -149,11 +125,11 @@ def parse_opt(argv=None):
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     opt = p.parse_args(argv)
-    for flag, value, ok in (("--batch-size", opt.batch_size, opt.batch_size >= 1), ("--imgsz", opt.imgsz, opt.imgsz >= 32),
-                            ("--conf-thres", opt.conf_thres, 0 <= opt.conf_thres <= 1),
-                            ("--iou-thres", opt.iou_thres, 0 <= opt.iou_thres <= 1), ("--max-det", opt.max_det, opt.max_det >= 1)):
-        if not ok:
-            p.error(f"{flag}: invalid value {value}")
+    try:
+        check_options(batch_size=opt.batch_size, imgsz=opt.imgsz, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+                      max_det=opt.max_det, workers=opt.workers)
+    except ValueError as e:
+        p.error(str(e))
     return opt
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,17 +27,10 @@ from models.yolo import Model  # noqa: E402
 from utils.backends import load_backend  # noqa: E402
 from utils.checkpoint import load_model, save_checkpoint  # noqa: E402
 from utils.general import setup_logging  # noqa: E402
-from utils.torch_utils import randomize_batchnorm_  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # randomize_batchnorm_ is test-only: it lives in tests/helpers.py
+from helpers import randomize_batchnorm_  # noqa: E402
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py: the script's folder is on sys.path)
 
 
 def build_forms(cfg: str, imgsz: int, workdir: Path) -> dict:

@@ -37,6 +37,8 @@ from models.common import OREPA, Conv, RepVGGBlock  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.torch_utils import count_flops, count_parameters  # noqa: E402
 
+from machine import cpu_name, cpu_times, noise_pct  # noqa: E402  (benchmarks/machine.py: the script's folder is on sys.path)
+
 LOG = logging.getLogger("bench_reparam")
 MODELS = ("yolov5s", "yolov5s_RepVGG", "yolov5s_OREPA")
 BLOCKS = {"Conv": lambda: Conv(64, 64, 3, 1), "RepVGGBlock": lambda: RepVGGBlock(64, 64, 3, 1), "OREPA": lambda: OREPA(64, 64, 3, 1)}
@@ -67,39 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_times() -> tuple[float, float, float, float] | None:
-    """(busy, steal, total, own) CPU seconds: /proc/stat's aggregate line, then this process's; None off Linux."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        tick = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, AttributeError):
-        return None
-    v += [0] * (8 - len(v))  # user nice system idle iowait irq softirq steal
-    own = sum(os.times()[:2])
-    return (sum(v) - v[3] - v[4]) / tick, v[7] / tick, sum(v) / tick, own
-
-
 def noise_note(start) -> str:
     """How much of the machine other processes and other VMs (steal) took while the benchmark ran."""
-    end = cpu_times()
-    if start is None or end is None or end[2] <= start[2]:
+    pct = noise_pct(start, cpu_times())
+    if pct is None:
         return ""
-    busy, steal, total, own = (e - s for e, s in zip(end, start))
-    others = max(busy - steal - own, 0.0)
-    return (f"Noise during the run: other processes used {100 * others / total:.0f}% of all cores' time, "
-            f"hypervisor steal {100 * steal / total:.0f}%")
+    return f"Noise during the run: other processes used {pct[0]:.0f}% of all cores' time, hypervisor steal {pct[1]:.0f}%"
 
 
 def machine_line(device: torch.device) -> str:

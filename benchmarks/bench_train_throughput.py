@@ -81,6 +81,8 @@ from pathlib import Path
 
 import yaml
 
+from machine import cpu_name, cpu_times, noise_pct  # benchmarks/machine.py: the script's folder is sys.path[0]
+
 ROOT = Path(__file__).resolve().parents[1]
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
 BUSY_THREAD_FRACTION = 0.25
@@ -145,31 +147,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 # Machine, noise
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_times() -> tuple[float, float, float, float] | None:
-    """(busy, steal, total) CPU seconds of the whole machine from /proc/stat, and the CPU seconds of this
-    process plus its reaped children (the trainers and, through them, their loader workers)."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        tick = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, AttributeError):
-        return None
-    v += [0] * (8 - len(v))  # user nice system idle iowait irq softirq steal
-    own = sum(os.times()[:4])
-    return (sum(v) - v[3] - v[4]) / tick, v[7] / tick, sum(v) / tick, own
 
 
 def thread_cpu(pid: int) -> dict[int, float] | None:
@@ -237,7 +214,7 @@ def tqdm_seconds(s: str) -> int:
 
 def run_training(cmd: list[str], cwd: Path, env: dict, log_file: Path, epochs: int, timeout: float) -> dict:
     """Run one trainer, timestamping its output lines; return per-epoch bar timings and run facts."""
-    cpu0 = cpu_times()
+    cpu0 = cpu_times(children=True)
     sampler = LoadSampler()
     sampler.start()
     t_start = time.monotonic()
@@ -294,7 +271,7 @@ def run_training(cmd: list[str], cwd: Path, env: dict, log_file: Path, epochs: i
     timer.cancel()
     wall = time.monotonic() - t_start
     loads = sampler.stop()
-    cpu1 = cpu_times()
+    cpu1 = cpu_times(children=True)
 
     busy_threads, main_cpu = None, None
     if "begin" in threads_at and "end" in threads_at:
@@ -303,11 +280,7 @@ def run_training(cmd: list[str], cwd: Path, env: dict, log_file: Path, epochs: i
             used = {tid: b[tid] - a.get(tid, 0.0) for tid in b}
             busy_threads = sum(1 for v in used.values() if v >= BUSY_THREAD_FRACTION * (tb - ta))
             main_cpu = sum(used.values()) / (tb - ta)
-    others = steal = None
-    if cpu0 and cpu1 and cpu1[2] > cpu0[2]:
-        busy, st, total, own = (x1 - x0 for x1, x0 in zip(cpu1, cpu0))
-        others = 100 * max(busy - st - own, 0.0) / total
-        steal = 100 * st / total
+    others, steal = noise_pct(cpu0, cpu1) or (None, None)
     return dict(rc=rc, wall=wall, epochs=[epochs_seen.get(i) for i in range(epochs)], loads=loads,
                 others_pct=others, steal_pct=steal, busy_threads=busy_threads, trainer_cores=main_cpu)
 

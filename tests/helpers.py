@@ -1,9 +1,33 @@
-"""Small assertions shared by the tests."""
+"""Small helpers shared by the tests: error measures and test-only model set-up."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def rel_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     """Max absolute difference relative to the largest magnitude of ``reference``."""
     return ((reference - other).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
+
+
+@torch.no_grad()
+def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random statistics and affine parameters, in place.
+
+    Equivalence checks (folding, export) run with these: the default mean 0 / var 1 / weight 1 /
+    bias 0 make a missing or misplaced BatchNorm term invisible.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+
+            def rand(lo, hi):
+                return (torch.rand(n, generator=g) * (hi - lo) + lo).to(m.running_mean)
+
+            m.running_mean.copy_(rand(-0.5, 0.5))
+            m.running_var.copy_(rand(0.5, 2.0))
+            if m.affine:
+                m.weight.copy_(rand(0.5, 1.5))
+                m.bias.copy_(rand(-0.3, 0.3))
+    return model

@@ -1,7 +1,6 @@
 """AutoAnchor: BPR of YOLOv5's default anchors on coco128, and re-fitting on a dataset they miss."""
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import COCO128_YAML
 from models.yolo import Model
 from utils.autoanchor import anchor_stats, check_anchors, kmean_anchors, label_wh
 
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
+COCO128 = COCO128_YAML.parent
 DEFAULT_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 # Five stride-2 convs, Detect on strides 8, 16, 32: the anchor layout of yolov5s without its weight
 TINY_P3_P5 = {

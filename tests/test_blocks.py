@@ -8,11 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from helpers import rel_error
+from helpers import randomize_batchnorm_, rel_error
 from models.common import OREPA, Conv, DWConv, RepVGGBlock
 from models.orepa import frequency_prior
 from models.reparameterizable import Reparameterizable
-from utils.torch_utils import randomize_batchnorm_
 
 # (c1, c2, k, s, g)
 GEOMETRIES = [(8, 8, 3, 1, 1), (8, 16, 3, 2, 1), (16, 16, 3, 1, 4), (8, 16, 5, 1, 2), (16, 16, 1, 1, 1),

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import randomize_batchnorm_
 from models.yolo import Model
 from utils import checkpoint as ckpt_mod
 from utils.checkpoint import CheckpointError, load_model, save_checkpoint
-from utils.torch_utils import randomize_batchnorm_
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,15 @@ import pytest
 import torch
 import yaml
 
+from conftest import COCO128_YAML
 from utils import dataset_config
 from utils.augmentations import letterbox, random_perspective
-from utils.dataloaders import (CACHE_SUFFIX, STAT_KEYS, LoadImagesAndLabels, create_dataloader, img2label_paths,
-                               summarize)
+from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.dataset_config import check_dataset, register_generator
 from utils.general import LOGGER
+from utils.label_cache import CACHE_SUFFIX, STAT_KEYS, img2label_paths, summarize
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-COCO = SHARED / "datasets" / "coco128"
+COCO = COCO128_YAML.parent
 COCO_IMAGES = COCO / "images" / "train2017"
 COCO_LABELS = COCO / "labels" / "train2017"
 URL = "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"
@@ -130,7 +130,7 @@ def _batches(loader, epoch):
 # ----- check_dataset -----
 
 def test_check_dataset_coco128():
-    d = check_dataset(COCO / "coco128.yaml")
+    d = check_dataset(COCO128_YAML)
     assert d["nc"] == 80 and len(d["names"]) == 80 and d["names"][0] == "person"
     assert Path(d["train"]) == COCO_IMAGES.resolve() and Path(d["val"]).is_dir() and Path(d["path"]) == COCO.resolve()
 
@@ -427,9 +427,7 @@ def test_disk_cache_fallback(clean_ds, tmp_path):
 def test_rect_batches_under_ddp_stay_in_one_shape_group(world_size, monkeypatch):
     """Each rank gets whole rect batches (a plain DistributedSampler mixes shape groups and the batch cannot
     be stacked); across ranks every image comes once, and all ranks take the same number of steps."""
-    from conftest import SHARED
-
-    images = SHARED / "datasets" / "coco128" / "images" / "train2017"
+    images = COCO_IMAGES
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     per_rank = []
     for rank in range(world_size):
@@ -449,7 +447,7 @@ def test_rect_batches_under_ddp_stay_in_one_shape_group(world_size, monkeypatch)
 
 def test_disk_cache_keeps_same_stem_images_apart(tmp_path):
     """photo.jpg and photo.png in one folder: each trains with its own pixels (YOLOv5 shares one .npy)."""
-    src = sorted((COCO / "images" / "train2017").glob("*.jpg"))[:2]
+    src = sorted(COCO_IMAGES.glob("*.jpg"))[:2]
     root = tmp_path / "stems"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()

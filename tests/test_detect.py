@@ -21,12 +21,13 @@ import torch
 
 import detect
 import hubconf
+from conftest import SHARED
 from utils.checkpoint import load_model, save_checkpoint
 from utils.detections import AutoShape
 from utils.general import ROOT, load_yaml
 from utils.sources import LoadImages, LoadStreams, SourceUnavailable, call_with_timeout
 
-SHARED_IMAGES = ROOT.parent / "shared" / "images"
+SHARED_IMAGES = SHARED / "images"
 IMAGE_DIR = SHARED_IMAGES if (SHARED_IMAGES / "bus.jpg").is_file() else ROOT / "data" / "images"
 IMGSZ = 320
 CONF = 0.25
@@ -41,9 +42,9 @@ def _coco_names() -> list[str]:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """An unfolded yolov5s_RepVGG checkpoint with image-dependent detections (see the module docstring)."""
+    from helpers import randomize_batchnorm_
     from models.yolo import Model
     from utils.sources import prepare
-    from utils.torch_utils import randomize_batchnorm_
 
     torch.manual_seed(0)
     model = Model("yolov5s_RepVGG.yaml", nc=80)

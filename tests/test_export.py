@@ -18,13 +18,12 @@ import torch
 from torch import nn
 
 import export
-from helpers import rel_error
+from helpers import randomize_batchnorm_, rel_error
 from models.yolo import Model
 from utils.backends import (BackendUnavailable, OnnxRuntimeBackend, TensorRTBackend, load_backend, read_engine_file,
                             write_engine_file)
 from utils.checkpoint import load_model, save_checkpoint
 from utils.ops import non_max_suppression
-from utils.torch_utils import randomize_batchnorm_
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = (192, 160)  # h, w: not square on purpose (bus.jpg is portrait)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,12 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from conftest import COCO128_YAML
 from utils.general import LOGGER
-from utils.metric_plots import plot_metric_curves
+from utils.metric_plots import plot_confusion_matrix, plot_metric_curves
 from utils.metrics import ConfusionMatrix, evaluate_detections, fitness
 
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
+COCO128 = COCO128_YAML.parent
 NC = 80
 
 
@@ -270,7 +270,7 @@ def test_confusion_matrix_hand_case(tmp_path):
     tp, fp = cm.tp_fp()
     np.testing.assert_array_equal(tp, [1, 0, 0])
     np.testing.assert_array_equal(fp, [1, 2, 1])
-    path = cm.plot(tmp_path, names=["a", "b", "c"])
+    path = plot_confusion_matrix(cm.matrix, tmp_path, names=["a", "b", "c"])
     assert path.name == "confusion_matrix.png" and path.stat().st_size > 0
 
 

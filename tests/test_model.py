@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import rel_error
+from helpers import randomize_batchnorm_, rel_error
 from models.common import OREPA, RepVGGBlock
 from models.yolo import Detect, Model, resolve_cfg
-from utils.torch_utils import count_flops, randomize_batchnorm_
+from utils.torch_utils import count_flops
 from yolov5_reference import REFERENCE_PATH, seeded_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]

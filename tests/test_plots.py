@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import COCO128_YAML
 from utils.general import LOGGER
 from utils.plots import PALETTE, Annotator, colors, plot_images, plot_labels, plot_results, smooth
 
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
+COCO128 = COCO128_YAML.parent
 IMG_DIR, LBL_DIR = COCO128 / "images" / "train2017", COCO128 / "labels" / "train2017"
 SIZE = 256
 
@@ -71,7 +72,7 @@ def yolo_caplog(caplog, monkeypatch):
 @pytest.fixture(scope="module")
 def coco_names():
     yaml = pytest.importorskip("yaml")
-    return yaml.safe_load((COCO128 / "coco128.yaml").read_text())["names"]
+    return yaml.safe_load(COCO128_YAML.read_text())["names"]
 
 
 def _box_border_mask(targets: np.ndarray, ns: int, tile: int, shape, band: int = 2) -> np.ndarray:

@@ -11,19 +11,18 @@ import pytest
 import torch
 
 import detect
+from utils.backends import load_backend
 from utils.checkpoint import load_model
 from utils.dataloaders import create_dataloader
 from utils.dataset_config import check_dataset
-from utils.evaluator import Collector, evaluate, score
+from utils.evaluator import validate
 from utils.ops import box_iou
 
 MAP_TOL = 0.005  # mAP50-95, fp16 against fp32 (the GPU acceptance figure)
 
 
 def _evaluate(model, loader, half: bool) -> dict:
-    collector = Collector(False, False, False, False, None, Path("."))
-    evaluate(model, loader, collector, device=torch.device("cpu"), half=half)
-    return score(collector, 3, ["circle", "square", "triangle"])
+    return validate(model, loader, names=["circle", "square", "triangle"], half=half).results
 
 
 @pytest.mark.slow
@@ -42,11 +41,11 @@ def test_half_validation_matches_fp32_and_leaves_the_model_alone(shapes_trained)
 
 
 def _detections(weights: Path, source: Path, half: bool, augment: bool) -> list:
-    backend, infer = detect.load_detector(weights, torch.device("cpu"), half, augment)
+    backend = load_backend(weights, "cpu", fp16=half)
     dataset = detect.load_source(str(source), (160, 160), backend.stride, auto=True, vid_stride=1)
     outputs = detect.Outputs(Path("."), backend.names, False, False, False, False, 3, False, False)
     nms = dict(conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False, max_det=100, end2end=False)
-    results, _ = detect._loop(dataset, backend, infer, nms, outputs, backend.names, False)
+    results, _ = detect._loop(dataset, backend, augment, nms, outputs, backend.names, False)
     return results
 
 
@@ -101,7 +100,6 @@ def test_gpu_check_without_cuda_exits_2_with_one_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: tools/gpu_check.sh would run the whole check")
     import subprocess
-    import sys
 
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)

@@ -4,9 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import rel_error
+from helpers import randomize_batchnorm_, rel_error
 from utils.reparam import compose_1x1_kxk, depthwise_pointwise_kernel, fuse_bn, identity_kernel, pad_to_kernel
-from utils.torch_utils import randomize_batchnorm_
 
 
 @pytest.mark.parametrize("channels,groups,k", [(8, 1, 3), (8, 2, 3), (8, 8, 3), (6, 3, 5), (4, 1, 1)])

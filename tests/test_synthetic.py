@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -188,17 +187,16 @@ def test_existing_folders(tmp_path):
     assert len(_hashes(generate_shapes(empty, n_train=2, n_val=1))) == 7
 
 
-def test_import_registers_generator_without_writing(tmp_path, monkeypatch):
-    """The module's bottom lines register 'shapes' when utils.dataset_config provides the hook."""
-    registered = {}
-    fake = types.ModuleType("utils.dataset_config")
-    fake.register_generator = lambda name, fn: registered.setdefault(name, fn)
-    monkeypatch.setitem(sys.modules, "utils.dataset_config", fake)
+def test_import_writes_nothing_and_knows_no_dataset_config(tmp_path, monkeypatch):
+    """dataset_config looks 'shapes' up itself; importing synthetic pulls in no dataset_config and writes nothing."""
+    from utils.dataset_config import GENERATORS
+    assert GENERATORS["shapes"] is synthetic.generate_shapes
+    monkeypatch.delitem(sys.modules, "utils.dataset_config")  # restored at teardown
     monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("synthetic_probe", ROOT / "utils" / "synthetic.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    assert registered == {"shapes": probe.generate_shapes}
+    assert "utils.dataset_config" not in sys.modules
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import train
+from conftest import COCO128_YAML
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, load_model, load_pretrained, read_checkpoint, save_checkpoint
 from utils.general import TrainingDiverged
@@ -21,7 +22,6 @@ from utils.synthetic import generate_shapes
 from yolov5_reference import seeded_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO128 = ROOT.parent / "shared" / "datasets" / "coco128" / "coco128.yaml"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -80,7 +80,7 @@ def test_one_epoch_repvgg_on_coco128(coco128_run):
 
 @pytest.mark.slow
 def test_one_epoch_orepa_on_coco128(tmp_path):
-    results = train.run(cfg="yolov5s_OREPA.yaml", data=str(COCO128), epochs=1, imgsz=96, batch_size=16, workers=2,
+    results = train.run(cfg="yolov5s_OREPA.yaml", data=str(COCO128_YAML), epochs=1, imgsz=96, batch_size=16, workers=2,
                         project=str(tmp_path), name="exp", noplots=True)
     assert len(results) == 7 and all(0 <= r for r in results[:4])
     check_run_dir(tmp_path / "exp", plots=False)
@@ -185,7 +185,7 @@ def test_embedded_default_learns(shapes_trained):
 @pytest.fixture(scope="module")
 def mixed_aspect_data(tmp_path_factory) -> Path:
     """24 coco128 images (many aspect ratios, so rect batches fall into several shape groups), 80 classes."""
-    src = COCO128.parent
+    src = COCO128_YAML.parent
     root = tmp_path_factory.mktemp("mixed")
     for sub in ("images", "labels"):
         (root / sub).mkdir()
@@ -194,7 +194,7 @@ def mixed_aspect_data(tmp_path_factory) -> Path:
         label = src / "labels" / "train2017" / f"{im.stem}.txt"
         if label.exists():
             (root / "labels" / label.name).write_text(label.read_text())
-    names = yaml.safe_load(COCO128.read_text())["names"]
+    names = yaml.safe_load(COCO128_YAML.read_text())["names"]
     data = root / "mixed.yaml"
     data.write_text(yaml.safe_dump({"path": str(root), "train": "images", "val": "images", "names": names}))
     return data
@@ -213,7 +213,7 @@ def test_ddp_rect_with_sync_bn_on_cpu(mixed_aspect_data, tmp_path):
 def test_single_cls_keeps_every_box(yolo_logs, tmp_path):
     """--single-cls maps all 80 coco128 classes to one: all 929 boxes train and validate, none is dropped as
     'class out of range'."""
-    train.run(cfg="yolov5s_RepVGG.yaml", data=str(COCO128), epochs=1, imgsz=64, batch_size=32, workers=2,
+    train.run(cfg="yolov5s_RepVGG.yaml", data=str(COCO128_YAML), epochs=1, imgsz=64, batch_size=32, workers=2,
               single_cls=True, noautoanchor=True, project=str(tmp_path), name="exp", noplots=True)
     text = yolo_logs.text
     assert "out of range" not in text
@@ -245,7 +245,6 @@ def test_amp_training_step_in_bfloat16_on_cpu(tiny_data, tmp_path):
     opt = train.parse_opt(cli(tiny_data, tmp_path, "--epochs", "1", "--noautoanchor", "--device", "cpu"))
     opt, hyp, data, ckpt = train.prepare(opt)
     trainer = Trainer(opt, hyp, data, torch.device("cpu"), ckpt)
-    trainer.build()
     assert not trainer.amp  # CPU training stays fp32 unless asked
     imgs, targets, _, _ = next(iter(trainer.train_loader))
     imgs = imgs.float() / 255

@@ -16,6 +16,7 @@ length-prefixed JSON header in front of a TensorRT engine.
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -23,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from utils.general import LOGGER
+from utils.general import LOGGER, load_yaml
 
 SUPPORTED_FORMATS = {
     ".pt": "PyTorch checkpoint of this project",
@@ -124,7 +124,11 @@ def import_tensorrt():
 # ---------------------------------------------------------------------------------------------
 
 class Backend:
-    """Common interface and input checks; subclasses implement ``_forward``."""
+    """Common interface and input checks; subclasses implement ``_forward``.
+
+    ``backend(im)`` returns the decoded predictions; ``backend.run(im)`` returns them with the raw per-level
+    maps a validation loss needs (None where the format has none). ``augment`` (test-time augmentation)
+    needs a PyTorch model: other formats refuse it with a message."""
 
     def __init__(self, weights, device="cpu", fp16: bool = False):
         self.weights = weights if isinstance(weights, nn.Module) else Path(weights)
@@ -132,6 +136,10 @@ class Backend:
         self.fp16 = fp16
         self.stride, self.names, self.imgsz, self.batch = 32, [], None, None
         self.end2end = False
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
 
     def _apply_metadata(self, meta: dict) -> None:
         self.stride, self.names = meta["stride"], meta["names"]
@@ -150,17 +158,25 @@ class Backend:
             raise ValueError(f"{self.weights} was exported for batch size {self.batch}, got {im.shape[0]} "
                              "(export with --dynamic or that --batch-size)")
 
-    def __call__(self, im: torch.Tensor):
+    def __call__(self, im: torch.Tensor, augment: bool = False):
+        return self.run(im, augment)[0]
+
+    def run(self, im: torch.Tensor, augment: bool = False):
+        """(decoded predictions as float32 on ``im``'s device, raw maps or None)."""
+        if augment:
+            raise ValueError(f"augment (test-time augmentation) needs a PyTorch .pt model, not {self.weights}")
         self._check_input(im)
         y = self._forward(im)
-        if isinstance(y, (list, tuple)):
-            if self.end2end:
-                return tuple(torch.as_tensor(t).to(im.device) for t in y)
-            y = y[0]  # eval-mode PyTorch models return (decoded, raw maps)
-        return torch.as_tensor(y).to(device=im.device, dtype=torch.float32)
+        if self.end2end:
+            return tuple(torch.as_tensor(t).to(im.device) for t in y), None
+        return torch.as_tensor(y).to(device=im.device, dtype=torch.float32), None
 
     def _forward(self, im: torch.Tensor):
         raise NotImplementedError
+
+    def native(self):
+        """What a user holds: the ``Model`` for PyTorch (trainable, ``.half()``-able), the backend otherwise."""
+        return self
 
     def warmup(self, imgsz=(1, 3, 640, 640)) -> None:
         """One forward pass on zeros (at the exported shape when the model has a fixed one)."""
@@ -174,24 +190,62 @@ class Backend:
 
 
 class PyTorchBackend(Backend):
-    """A checkpoint of this project (folded or not; folded on load) or an in-memory ``Model``."""
+    """A checkpoint of this project or an in-memory ``Model``; ``fuse`` folds it, ``fp16`` runs it in half.
 
-    def __init__(self, weights, device="cpu", fp16: bool = False, fuse: bool = True):
+    An in-memory model is never changed by the backend: folding or a precision change happens on a copy
+    (training validates its fp32 EMA through this). Without either, the backend runs the model itself, so
+    ``.half()``/``.to()`` on it later (the hub model) are followed: device and precision are read from its
+    parameters on every call."""
+
+    def __init__(self, weights, device=None, fp16: bool = False, fuse: bool = True):
         from utils.checkpoint import load_model
 
-        super().__init__(weights, device, fp16)
         if isinstance(weights, nn.Module):
-            model = weights.to(self.device).eval()
+            model = weights
+            if (fuse and not getattr(model, "is_folded", True)) or (fp16 and _dtype(model) != torch.float16):
+                model = copy.deepcopy(model)
+            model = model.to(device or _device(model)).eval()
             model = model.fuse() if fuse and hasattr(model, "fuse") else model
         else:
-            model = load_model(self.weights, self.device, fuse=fuse)
-        self.model = model.half() if fp16 else model.float()
+            model = load_model(weights, device or "cpu", fuse=fuse)
+        self.model = model.half() if fp16 else model
+        super().__init__(weights, _device(model), fp16)
         self.stride = int(max(model.stride))
         self.names = [str(n) for n in model.names]
 
+    @property
+    def device(self) -> torch.device:
+        return _device(self.model)
+
+    @device.setter
+    def device(self, value) -> None:  # follows the model's parameters
+        pass
+
+    @property
+    def fp16(self) -> bool:
+        return _dtype(self.model) == torch.float16
+
+    @fp16.setter
+    def fp16(self, value) -> None:  # follows the model's parameters
+        pass
+
+    def native(self):
+        return self.model
+
     @torch.no_grad()
-    def _forward(self, im):
-        return self.model(im.to(self.device, torch.float16 if self.fp16 else torch.float32))
+    def run(self, im: torch.Tensor, augment: bool = False):
+        self._check_input(im)
+        x = im.to(self.device, _dtype(self.model))
+        pred, raw = self.model(x, augment=True) if augment else self.model(x)
+        return pred.to(device=im.device, dtype=torch.float32), raw
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 class TorchScriptBackend(Backend):
@@ -253,7 +307,7 @@ class OpenVINOBackend(Backend):
                 raise FileNotFoundError(f"{path} should hold exactly one OpenVINO .xml model, found {len(xmls)}")
             path = xmls[0]
         meta_file = path.parent / "metadata.yaml"
-        meta = yaml.safe_load(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else None
+        meta = load_yaml(meta_file, "OpenVINO metadata file") if meta_file.is_file() else None
         self._apply_metadata(parse_metadata(meta, str(weights)))
         self.fp16 = fp16 or bool(meta and meta.get("half"))
         core = ov.Core()
@@ -355,29 +409,40 @@ class TensorRTBackend(Backend):
         return y if self.end2end else y[0]
 
 
-def load_backend(weights, device="cpu", fp16: bool = False) -> Backend:
-    """The backend for ``weights``, chosen by its suffix (or an in-memory ``Model``)."""
+def load_backend(weights, device=None, fp16: bool = False, fuse: bool = True, augment: bool = False) -> Backend:
+    """The one way to get a model to run: a backend for a file (chosen by its suffix), an in-memory
+    ``Model`` (``fuse`` folds a copy of it; ``.pt`` files are folded on load likewise) or a backend
+    (returned as it is, or as an fp16 copy of a PyTorch one when ``fp16`` asks for it). ``augment`` says
+    test-time augmentation will be asked for: only PyTorch models can, and other files are refused unread."""
+    if augment and not isinstance(weights, (nn.Module, PyTorchBackend)) and Path(str(weights)).suffix != ".pt":
+        raise ValueError(f"augment (test-time augmentation) needs a PyTorch .pt checkpoint, not {weights}")
+    if isinstance(weights, PyTorchBackend) and fp16 and not weights.fp16:
+        return PyTorchBackend(weights.model, fp16=True, fuse=False)  # a half copy; the original stays fp32
+    if isinstance(weights, Backend):
+        return weights
     if isinstance(weights, nn.Module):
-        return PyTorchBackend(weights, device, fp16)
+        return PyTorchBackend(weights, device, fp16, fuse)
     path = Path(weights)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
+    device = device or "cpu"
+    if path.suffix == ".pt":
+        return _open(PyTorchBackend, path, device, fp16, fuse=fuse)
     if path.is_dir() and path.name.endswith("_openvino_model") or path.suffix == ".xml":
         return _open(OpenVINOBackend, path, device, fp16)
-    backends = {".pt": PyTorchBackend, ".torchscript": TorchScriptBackend, ".onnx": OnnxRuntimeBackend,
-                ".engine": TensorRTBackend}
+    backends = {".torchscript": TorchScriptBackend, ".onnx": OnnxRuntimeBackend, ".engine": TensorRTBackend}
     if path.suffix not in backends:
         supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FORMATS.items())
         raise ValueError(f"unsupported model format: {path}; supported: {supported}")
     return _open(backends[path.suffix], path, device, fp16)
 
 
-def _open(cls: type[Backend], path: Path, device, fp16: bool) -> Backend:
+def _open(cls: type[Backend], path: Path, device, fp16: bool, **kwargs) -> Backend:
     """Construct a backend; a file its runtime cannot read becomes one sentence naming the file."""
     from utils.checkpoint import CheckpointError
 
     try:
-        return cls(path, device, fp16)
+        return cls(path, device, fp16, **kwargs)
     except (BackendUnavailable, CheckpointError, FileNotFoundError, ValueError):
         raise  # already say what is wrong
     except Exception as e:  # noqa: BLE001 -- each runtime has its own error types for a bad file; re-raised

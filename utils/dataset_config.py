@@ -3,8 +3,8 @@
 YOLOv5 keys: ``path`` (dataset root; relative to the YAML's folder), ``train``, ``val``, optional
 ``test``, ``names`` (list or ``{id: name}``), ``nc``. A split is a folder, an image file, a ``.txt``
 list of images, or a list of those. Nothing is ever downloaded: a missing split either comes from a
-registered generator (``generate: <name>``, for synthetic data) or is a ``FileNotFoundError`` that
-says what to fetch by hand.
+generator named in ``GENERATORS`` (``generate: <name>``, for synthetic data) or is a
+``FileNotFoundError`` that says what to fetch by hand.
 """
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from utils.general import LOGGER, excerpt, load_yaml
+from utils.synthetic import generate_shapes
 
 SPLITS = ("train", "val", "test")
 
-# name -> fn(dataset_root) that writes the dataset; filled by data-producing modules (utils.synthetic)
-GENERATORS: dict[str, Callable[[Path], None]] = {}
+# name -> fn(dataset_root) that writes the dataset. A plain lookup: the generators know nothing of this
+# module (dependencies point one way); register_generator adds more at run time.
+GENERATORS: dict[str, Callable[[Path], None]] = {"shapes": generate_shapes}
 
 
 def register_generator(name: str, fn: Callable[[Path], None]) -> None:
@@ -38,6 +40,8 @@ def _load(data: str | Path | dict) -> tuple[dict, Path]:
 
 
 def _names_and_nc(cfg: dict, where: str) -> tuple[list[str], int]:
+    """(class names, nc) of a config dict: ``names`` as a list or ``{id: name}``, or ``nc`` alone
+    (names ``class0``...). Raises ``ValueError`` naming ``where`` when they disagree or are malformed."""
     names, nc = cfg.get("names"), cfg.get("nc")
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
         raise ValueError(f"{where}: 'nc' must be a positive whole number, got {excerpt(nc, 60)}")
@@ -62,6 +66,12 @@ def _names_and_nc(cfg: dict, where: str) -> tuple[list[str], int]:
     return names, len(names)
 
 
+def load_names(data: str | Path | dict) -> list[str]:
+    """Class names of a dataset YAML (path) or dict, parsed as ``check_dataset`` does; splits unchecked."""
+    cfg, _ = _load(data)
+    return _names_and_nc(cfg, "dataset dict" if isinstance(data, dict) else str(data))[0]
+
+
 def _read_list(txt: Path, root: Path) -> list[str]:
     """Image paths from a ``.txt`` split; relative entries are relative to the dataset root."""
     out = []
@@ -83,10 +93,6 @@ def _generate(cfg: dict, root: Path, where: str) -> bool:
     name = cfg.get("generate")
     if not name:
         return False
-    try:  # lazy: the synthetic-data module registers 'shapes' on import and may not exist yet
-        import utils.synthetic  # noqa: F401
-    except ImportError as e:
-        LOGGER.debug(f"utils.synthetic not importable: {e}")
     fn = GENERATORS.get(str(name))
     if fn is None:
         raise ValueError(f"{where}: unknown generator {name!r}; registered: {sorted(GENERATORS) or 'none'}")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from utils.augmentations import letterbox
+from utils.backends import load_backend
 from utils.general import LOGGER, increment_path, make_divisible
 from utils.ops import clip_boxes, non_max_suppression, scale_boxes, xyxy2xywh
 from utils.plots import Annotator, class_name, colors
@@ -58,18 +59,6 @@ def draw_detections(im: np.ndarray, det, names, line_width: int | None = None, h
         c = int(cls)
         ann.box_label(xyxy, label_text(names, c, conf, hide_labels, hide_conf), color=colors(c, bgr=bgr))
     return ann.result()
-
-
-def label_lines(det, shape, save_conf: bool = False) -> list[str]:
-    """YOLO label lines 'cls x y w h [conf]' (normalized xywh) for (n, 6) detections on an image of ``shape``."""
-    h, w = shape[:2]
-    gain = np.array([w, h, w, h], dtype=np.float64)
-    lines = []
-    for *xyxy, conf, cls in det.tolist():
-        xywh = (xyxy2xywh(np.array(xyxy, dtype=np.float64)) / gain).tolist()
-        row = (int(cls), *xywh, conf) if save_conf else (int(cls), *xywh)
-        lines.append(("%g " * len(row)).rstrip() % row)
-    return lines
 
 
 def save_one_box(xyxy, im: np.ndarray, file: Path | None = None, gain: float = 1.02, pad: int = 10,
@@ -161,7 +150,7 @@ def _image_from(x, i: int) -> tuple[np.ndarray, str]:
 class AutoShape(nn.Module):
     """Inference on ordinary images: letterbox, model, NMS, boxes mapped back to each original image.
 
-    ``model``: a ``models.yolo.Model`` or a backend from ``utils.backends.load_backend``. Thresholds are
+    ``model``: a ``models.yolo.Model``, a model file or a backend (all run through ``utils.backends``). Thresholds are
     attributes, as in YOLOv5: ``conf``, ``iou``, ``classes``, ``agnostic``, ``multi_label``, ``max_det``.
     A torch tensor input (BCHW, RGB, 0..1) goes to the model unchanged and the raw model output comes back.
     """
@@ -175,33 +164,17 @@ class AutoShape(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
-        self.is_module = isinstance(model, nn.Module)
-        stride = model.stride
-        self.stride = int(stride.max()) if isinstance(stride, torch.Tensor) else int(stride)
-        self.names = list(model.names)
-        self.imgsz = None if self.is_module else getattr(model, "imgsz", None)  # fixed-shape exports
-        self.end2end = bool(getattr(model, "end2end", False))
-        if self.is_module:
-            model.eval()
-
-    def _device_dtype(self):
-        if self.is_module:
-            p = next(self.model.parameters())
-            return p.device, p.dtype
-        return torch.device(self.model.device), torch.float32  # backends cast to their own precision
+        self.backend = load_backend(model, fuse=False)  # a Model runs as given (fold it first to deploy)
+        self.model = self.backend.native()  # a Model registers as a submodule: .half()/.to() reach it
+        self.stride, self.names = int(self.backend.stride), list(self.backend.names)
+        self.imgsz, self.end2end = self.backend.imgsz, self.backend.end2end  # fixed-shape exports take one size
 
     def _infer(self, x: torch.Tensor, augment: bool = False):
-        if self.is_module:
-            y = self.model(x, augment=augment) if augment else self.model(x)
-            return y[0] if isinstance(y, (list, tuple)) else y
-        if augment:
-            raise ValueError("augment=True (test-time augmentation) needs a PyTorch .pt model")
-        batch = getattr(self.model, "batch", None)
+        batch = self.backend.batch
         if not batch or batch == len(x) or len(x) % batch:
-            return self.model(x)
+            return self.backend(x, augment=augment)
         # an export with a fixed batch size: run the images in chunks of that size and join the outputs
-        parts = [self.model(c) for c in x.split(batch)]
+        parts = [self.backend(c) for c in x.split(batch)]
         if isinstance(parts[0], (list, tuple)):
             return tuple(torch.cat(p) for p in zip(*parts))
         return torch.cat(parts)
@@ -218,9 +191,9 @@ class AutoShape(nn.Module):
     def forward(self, ims, size=640, augment: bool = False):
         """Detections for one input or a list of inputs; raw model output for a torch tensor."""
         t0 = time.perf_counter()
-        device, dtype = self._device_dtype()
+        device = self.backend.device
         if isinstance(ims, torch.Tensor):
-            return self._infer(ims.to(device, dtype), augment)
+            return self._infer(ims.to(device), augment)
         batch = list(ims) if isinstance(ims, (list, tuple)) else [ims]
         if not batch:
             raise ValueError("no images given (an empty list)")
@@ -228,7 +201,7 @@ class AutoShape(nn.Module):
         images, files = [np.ascontiguousarray(p[0]) for p in pairs], [p[1] for p in pairs]
         shape1 = self._input_shape([im.shape[:2] for im in images], size)
         x = np.stack([letterbox(im, shape1, auto=False, stride=self.stride)[0] for im in images])
-        x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device, dtype) / 255
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device).float() / 255
         t1 = time.perf_counter()
         y = self._infer(x, augment)
         t2 = time.perf_counter()

@@ -1,26 +1,28 @@
 """The evaluation loop shared by ``val.py`` and the trainer: batches -> NMS -> matched, scored detections.
 
-``evaluate(model, dataloader, ...)`` runs a model over a YOLO dataloader and returns the metrics that
+``validate(model, dataloader, ...)`` runs a model over a YOLO dataloader and returns the metrics that
 ``utils.metrics.evaluate_detections`` computes, the mean validation losses and per-stage timings. It
 takes the precision it is given (``half``) on any device: the scripts decide where half applies
-(YOLOv5 refuses it on CPU), while tests can run the fp16 and bf16 branches on a CPU. The caller's model
-is never modified: a half-precision pass runs on a copy, so training's fp32 EMA weights are not rounded.
+(YOLOv5 refuses it on CPU), while tests can run the fp16 branches on a CPU. Models run through
+``utils.backends`` like every other inference; the caller's model is never modified (a half-precision
+pass runs on a copy, so training's fp32 EMA weights are not rounded).
 """
 from __future__ import annotations
 
-import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.backends import load_backend
 from utils.coco import coco_image_id, detections_to_json
 from utils.general import LOGGER, unique_name
-from utils.metric_plots import plot_metric_curves
+from utils.metric_plots import plot_confusion_matrix, plot_metric_curves
 from utils.metrics import ConfusionMatrix, evaluate_detections
-from utils.ops import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
+from utils.ops import label_lines, non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.plots import plot_images
 from utils.torch_utils import synced_time
 
@@ -62,12 +64,7 @@ class Collector:
                 self.json.extend(detections_to_json(predn, img_id, self.class_map))
 
     def write_txt(self, predn: np.ndarray, shape0, path: Path) -> None:
-        gain = np.array([shape0[1], shape0[0], shape0[1], shape0[0]], dtype=np.float64)
-        lines = []
-        for *xyxy, conf, cls in predn.tolist():
-            xywh = (xyxy2xywh(np.array([xyxy], dtype=np.float64)) / gain)[0]
-            row = (int(cls), *xywh, conf) if self.save_conf else (int(cls), *xywh)
-            lines.append(("%g " * len(row)).rstrip() % row)
+        lines = label_lines(predn, shape0, self.save_conf)
         out = self.save_dir / "labels" / unique_name(f"{path.stem}.txt", self.txt_names)
         out.write_text("".join(line + "\n" for line in lines))
 
@@ -93,36 +90,53 @@ def log_table(results: dict, names, n_images: int, n_instances: int, verbose: bo
                                results["ap50"][i], results["ap"][i].mean()))
 
 
-def _precision_copy(model, half: bool, device: torch.device):
-    """The model in the precision to evaluate in: a half copy (never the caller's module), or as it is."""
-    if not isinstance(model, torch.nn.Module):
-        return model  # an exported model takes any float input and casts it itself
-    model = copy.deepcopy(model).half() if half else model.float()
-    return model.eval()
+@dataclass
+class Validation:
+    """One validation pass: YOLOv5's result tuple pieces plus everything behind them."""
+
+    metrics: tuple  # (P, R, mAP50, mAP50-95, box, obj, cls losses)
+    maps: np.ndarray  # mAP50-95 per class id
+    times: tuple  # (pre-process, inference, NMS) ms per image
+    results: dict  # utils.metrics.evaluate_detections output
+    collector: Collector
+
+
+def validate(model, dataloader, *, names, single_cls=False, half=False, conf_thres=0.001, iou_thres=0.6,
+             max_det=300, augment=False, compute_loss=None, plots=False, save_dir=Path(""), verbose=False,
+             save_txt=False, save_conf=False, save_json=False, class_map=None) -> Validation:
+    """Validate ``model`` (an in-memory ``Model``, any file ``load_backend`` reads, or a backend) on a YOLO
+    dataloader: detections, YOLOv5's table, optional plots and txt/json output. ``half`` runs an fp16 copy."""
+    backend = load_backend(model, fp16=half, fuse=False)
+    nc = 1 if single_cls else backend.nc
+    collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
+    loss, dt = evaluate(backend, dataloader, collector, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                        augment=augment, compute_loss=compute_loss, plots=plots, save_dir=save_dir, names=names)
+    results = score(collector, nc, names, verbose=verbose, plots=plots, save_dir=save_dir)
+    times = tuple(x / max(len(collector.preds), 1) * 1e3 for x in dt)
+    metrics = (results["precision"], results["recall"], results["map50"], results["map"], *loss.cpu().tolist())
+    return Validation(metrics, per_class_map(results, nc), times, results, collector)
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, collector: Collector, *, device, half=False, conf_thres=0.001, iou_thres=0.6,
-             max_det=300, augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=()):
-    """Run ``model`` over ``dataloader`` into ``collector``; return (mean losses (3,), seconds).
+def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou_thres=0.6, max_det=300,
+             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=()):
+    """Run a backend over ``dataloader`` into ``collector``; return (mean losses (3,), seconds).
 
-    ``model(im)`` returns ``(decoded predictions, raw maps or None)`` as an eval-mode ``Model`` does;
-    with ``half`` the images go in as fp16 and a ``Model`` runs as an fp16 copy. NMS and everything after
-    it work in fp32. Seconds are (pre-process, inference, NMS) summed over the whole pass.
+    NMS and everything after it work in fp32 whatever precision the backend runs in. Losses need the raw
+    maps, which PyTorch backends give. Seconds are (pre-process, inference, NMS) summed over the pass.
     """
-    model = _precision_copy(model, half, device)
+    device = backend.device
     loss = torch.zeros(3, device=device)
     dt = [0.0, 0.0, 0.0]
     for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="validating", leave=False)):
         t0 = time.perf_counter()
-        im = im.to(device, non_blocking=True)
-        im = (im.half() if half else im.float()) / 255
+        im = im.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
         t1 = synced_time(device)
-        preds, train_out = model(im, augment=augment) if augment else model(im)
+        preds, raw = backend.run(im, augment)
         t2 = synced_time(device)
-        if compute_loss and train_out is not None:
-            loss += compute_loss([x.float() for x in train_out], targets)[1]
+        if compute_loss and raw is not None:
+            loss += compute_loss([x.float() for x in raw], targets)[1]
         targets[:, 2:] *= torch.tensor((im.shape[3], im.shape[2]) * 2, device=device)
         preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
                                     max_det=max_det)
@@ -144,7 +158,7 @@ def score(collector: Collector, nc: int, names, *, verbose=False, plots=False, s
         confusion = ConfusionMatrix(nc=nc)
         for pred, target in zip(collector.preds, collector.targets):
             confusion.process_batch(pred, target)
-        confusion.plot(save_dir, names)
+        plot_confusion_matrix(confusion.matrix, save_dir, names)
         plot_metric_curves(results, save_dir, names)
     return results
 

@@ -65,6 +65,45 @@ def increment_path(path: str | Path, exist_ok: bool = False, sep: str = "", mkdi
             continue
 
 
+# what each inference/validation option accepts: (test, wording); one table for the CLIs and run() alike
+OPTION_RULES = {
+    "conf_thres": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "iou_thres": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "max_det": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "imgsz": (lambda v: all(int(s) >= 32 for s in ([v] if isinstance(v, int) else v)) and 1 <= len([v] if isinstance(v, int) else v) <= 2,
+              "one or two sizes >= 32"),
+    "vid_stride": (lambda v: v >= 1, "an integer >= 1"),
+    "line_thickness": (lambda v: v >= 1, "an integer >= 1"),
+    "workers": (lambda v: v >= 0, "an integer >= 0"),
+    "classes": (lambda v: v is None or all(int(c) >= 0 for c in v), "class ids >= 0"),
+}
+
+
+def check_options(**values) -> None:
+    """Raise ValueError naming the first option whose value its rule in OPTION_RULES rejects."""
+    for name, value in values.items():
+        test, wording = OPTION_RULES[name]
+        try:
+            ok = test(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')} ({name}=) must be {wording}, got {excerpt(value, 60)}")
+
+
+def check_imgsz(imgsz, stride: int) -> tuple[int, int]:
+    """(h, w) from one int or one/two ints, each rounded up to a multiple of ``stride`` (with a warning)."""
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"--imgsz takes one or two positive ints (h w), got {excerpt(imgsz, 60)}")
+    h, w = sizes * 2 if len(sizes) == 1 else sizes
+    new = tuple(max(stride, -(-s // stride) * stride) for s in (h, w))
+    if new != (h, w):
+        LOGGER.warning(f"WARNING --imgsz {h} {w} must be a multiple of the max stride {stride}: using {new[0]} {new[1]}")
+    return new
+
+
 def unique_name(name: str, taken: set[str]) -> str:
     """``name``, or ``stem_2.ext``, ``stem_3.ext``... when an earlier file of the same name took it (two
     folders holding 000001.jpg must not overwrite each other's outputs); records the result in ``taken``."""

@@ -8,42 +8,23 @@ Typical use after ``results = evaluate_detections(...)``: ``plot_metric_curves(r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from utils.metrics import moving_average
+from utils.plots import class_name, new_figure, save_figure
+
 __all__ = ["plot_confusion_matrix", "plot_mc_curve", "plot_metric_curves", "plot_pr_curve"]
 
+_DPI = 250  # metric plots are written finer than the training plots' 200
 _MAX_LEGEND_CLASSES = 21  # per-class lines and legend entries only below this many classes
 
 
 def _figure(figsize=(9, 6)):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, tight_layout=True)
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=250)
-    return path
-
-
-def _name(names, c: int) -> str:
-    """Class name from a list or dict, falling back to the id."""
-    if isinstance(names, Mapping):
-        return str(names.get(c, c))
-    return str(names[c]) if names is not None and 0 <= c < len(names) else str(c)
-
-
-def _smooth(y: np.ndarray, fraction: float = 0.05) -> np.ndarray:
-    nf = round(len(y) * fraction * 2) // 2 + 1
-    yp = np.concatenate((np.full(nf // 2, y[0]), y, np.full(nf // 2, y[-1])))
-    return np.convolve(yp, np.ones(nf) / nf, mode="valid")
+    """One-axes figure from the shared helper (tight layout, no pyplot)."""
+    fig, axes = new_figure(1, 1, figsize)
+    return fig, axes[0]
 
 
 def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
@@ -73,7 +54,7 @@ def plot_pr_curve(px, py, ap, save_dir=Path(""), labels: Sequence[str] = ()) -> 
     if len(py):
         ax.plot(px, py.mean(0), linewidth=3, color="blue", label=f"all classes {ap.mean():.3f} mAP@0.5")
     _finish(ax, "Recall", "Precision", "Precision-Recall Curve")
-    return _save(fig, Path(save_dir) / "PR_curve.png")
+    return save_figure(fig, Path(save_dir) / "PR_curve.png", dpi=_DPI)
 
 
 def plot_mc_curve(px, py, save_dir=Path(""), labels: Sequence[str] = (), xlabel="Confidence", ylabel="Metric",
@@ -87,15 +68,15 @@ def plot_mc_curve(px, py, save_dir=Path(""), labels: Sequence[str] = (), xlabel=
     else:
         ax.plot(px, py.T, linewidth=1, color="grey")
     if len(py):
-        y = _smooth(py.mean(0))
+        y = moving_average(py.mean(0), fraction=0.05)  # lighter than the F1 pick's 0.1, as YOLOv5 plots
         ax.plot(px, y, linewidth=3, color="blue", label=f"all classes {y.max():.2f} at {px[y.argmax()]:.3f}")
     _finish(ax, xlabel, ylabel, f"{ylabel}-Confidence Curve")
-    return _save(fig, Path(save_dir) / (filename or f"{ylabel}_curve.png"))
+    return save_figure(fig, Path(save_dir) / (filename or f"{ylabel}_curve.png"), dpi=_DPI)
 
 
 def plot_metric_curves(results: dict, save_dir=Path(""), names=None) -> list[Path]:
     """All four curve plots from an ``evaluate_detections`` result; ``names`` list or dict by class id."""
-    labels = [_name(names, int(c)) for c in results["classes"]]
+    labels = [class_name(names, int(c)) for c in results["classes"]]
     px = results["px"]
     return [
         plot_pr_curve(results["pr_recall"], results["pr_curve"], results["ap50"], save_dir, labels),
@@ -114,7 +95,7 @@ def plot_confusion_matrix(matrix, save_dir=Path(""), names=(), normalize: bool =
     nc = matrix.shape[0] - 1
     array = matrix / (matrix.sum(0, keepdims=True) + 1e-9) if normalize else matrix.copy()
     array[array < 0.005] = np.nan  # blank cells instead of a sea of zeros
-    ticks = [_name(names, i) for i in range(nc)] + ["background"]
+    ticks = [class_name(names, i) for i in range(nc)] + ["background"]
     fig, ax = _figure(figsize=(12, 9))
     im = ax.imshow(array, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -127,4 +108,4 @@ def plot_confusion_matrix(matrix, save_dir=Path(""), names=(), normalize: bool =
     ax.set_xlabel("True")
     ax.set_ylabel("Predicted")
     ax.set_title("Confusion Matrix")
-    return _save(fig, Path(save_dir) / "confusion_matrix.png")
+    return save_figure(fig, Path(save_dir) / "confusion_matrix.png", dpi=_DPI)

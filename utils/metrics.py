@@ -21,7 +21,6 @@ for all of them at once.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -136,8 +135,11 @@ def _match(blocks, n_dets: int, thr: np.ndarray) -> np.ndarray:
     return tp
 
 
-def _smooth(y: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Box filter over ``fraction`` of the points, edges padded; steadies the best-F1 pick (YOLOv5)."""
+def moving_average(y: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Box filter over ``fraction`` of the points, edges padded; steadies the best-F1 pick (YOLOv5).
+
+    Public because ``utils.metric_plots`` draws its mean curves with it (fraction 0.05 there).
+    """
     nf = round(len(y) * fraction * 2) // 2 + 1  # odd window
     yp = np.concatenate((np.full(nf // 2, y[0]), y, np.full(nf // 2, y[-1])))
     return np.convolve(yp, np.ones(nf) / nf, mode="valid")
@@ -219,7 +221,7 @@ def evaluate_detections(predictions, targets, nc: int, iou_thresholds=IOU_THRESH
     ap, pr_samples, p_curve, r_curve = _per_class(conf, cls, tp, nt_all, classes, px)
 
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + 1e-16)
-    i = int(_smooth(f1_curve.mean(0)).argmax())  # best mean-F1 confidence, as YOLOv5 picks it
+    i = int(moving_average(f1_curve.mean(0)).argmax())  # best mean-F1 confidence, as YOLOv5 picks it
     p, r, f1 = p_curve[:, i], r_curve[:, i], f1_curve[:, i]
     i50, i75 = _threshold_index(thr, 0.5), _threshold_index(thr, 0.75)
     per_thr = ap.mean(0)
@@ -287,9 +289,3 @@ class ConfusionMatrix:
         tp = self.matrix.diagonal()
         fp = self.matrix.sum(1) - tp
         return tp[:-1], fp[:-1]
-
-    def plot(self, save_dir=Path(""), names=(), normalize: bool = True) -> Path:
-        """Write ``confusion_matrix.png`` into ``save_dir``; returns its path."""
-        from utils.metric_plots import plot_confusion_matrix
-
-        return plot_confusion_matrix(self.matrix, save_dir, names, normalize)

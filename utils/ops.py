@@ -27,7 +27,7 @@ from torchvision.ops import box_iou  # re-exported: (N, 4) x (M, 4) xyxy -> (N, 
 from utils.general import LOGGER
 
 __all__ = [
-    "box_iou", "clip_boxes", "non_max_suppression", "scale_boxes", "xywh2xyxy", "xywhn2xyxy",
+    "box_iou", "clip_boxes", "label_lines", "non_max_suppression", "scale_boxes", "xywh2xyxy", "xywhn2xyxy",
     "xyxy2xywh", "xyxy2xywhn",
 ]
 
@@ -196,3 +196,15 @@ def non_max_suppression(
             LOGGER.warning(f"WARNING NMS time limit {time_limit:.3f}s exceeded after {xi + 1}/{bs} images")
             break
     return output
+
+
+def label_lines(det, shape, save_conf: bool = False) -> list[str]:
+    """YOLO label lines 'cls x y w h [conf]' (normalized xywh) for (n, 6) detections on an image of ``shape``."""
+    h, w = shape[:2]
+    gain = np.array([w, h, w, h], dtype=np.float64)
+    lines = []
+    for *xyxy, conf, cls in det.tolist():
+        xywh = (xyxy2xywh(np.array(xyxy, dtype=np.float64)) / gain).tolist()
+        row = (int(cls), *xywh, conf) if save_conf else (int(cls), *xywh)
+        lines.append(("%g " * len(row)).rstrip() % row)
+    return lines

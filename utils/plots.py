@@ -8,7 +8,8 @@ Design points:
 - Every public function returns the ``Path`` it wrote. ``plot_results`` and ``plot_labels`` log a warning
   and return ``None`` when there is nothing to plot (missing/empty CSV, no labels) instead of raising.
 
-Public API: ``PALETTE``, ``colors``, ``Annotator``, ``plot_images``, ``plot_labels``, ``plot_results``.
+Public API: ``PALETTE``, ``colors``, ``Annotator``, ``plot_images``, ``plot_labels``, ``plot_results``; and
+``new_figure``/``save_figure``, the figure helpers ``utils.metric_plots`` uses too.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from utils.general import LOGGER
+from utils.ops import xywh2xyxy
 
 # 20 visually distinct colors (RGB hex), indexed by class id modulo 20.
 _HEX = (
@@ -140,18 +142,12 @@ def _images_hwc_uint8(images) -> np.ndarray:
     return ims.transpose(0, 2, 3, 1)
 
 
-def _xywh2xyxy(x: np.ndarray) -> np.ndarray:
-    y = np.empty_like(x, dtype=np.float64)
-    y[:, 0], y[:, 1] = x[:, 0] - x[:, 2] / 2, x[:, 1] - x[:, 3] / 2
-    y[:, 2], y[:, 3] = x[:, 0] + x[:, 2] / 2, x[:, 1] + x[:, 3] / 2
-    return y
-
-
-def _new_figure(rows: int, cols: int, figsize: tuple[float, float], margins: dict | None = None):
+def new_figure(rows: int, cols: int, figsize: tuple[float, float], margins: dict | None = None):
     """A Figure on its own Agg canvas (no pyplot, no global backend) and its axes as a flat array.
 
     ``margins`` (``subplots_adjust`` arguments) fix the layout, which saves the extra draw that
     tight_layout costs (about half the time of a 10-panel figure); without them tight_layout is used.
+    Shared with ``utils.metric_plots`` so every figure in the project is made one way.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -164,7 +160,9 @@ def _new_figure(rows: int, cols: int, figsize: tuple[float, float], margins: dic
     return fig, axes.ravel()
 
 
-def _save_figure(fig, path: Path, dpi: int = 200) -> Path:
+def save_figure(fig, path, dpi: int = 200) -> Path:
+    """Write ``fig`` to ``path`` (parent folders created), then clear it to free its artists."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     fig.clear()
@@ -194,7 +192,7 @@ def _draw_tile_boxes(ann: Annotator, t: np.ndarray, origin, tile_wh, normalized:
     """Draw one tile's targets (rows of cls, x, y, w, h[, conf]) with the tile's top-left at ``origin``."""
     x0, y0 = origin
     tw, th = tile_wh
-    boxes = _xywh2xyxy(t[:, 1:5])
+    boxes = xywh2xyxy(t[:, 1:5])
     boxes *= np.array([tw, th, tw, th]) if normalized else scale  # tile pixels
     inset = ann.lw  # an outline of width lw is centred on its coordinates: keep it inside the tile
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(inset, tw - 1 - inset) + x0
@@ -254,7 +252,7 @@ def _boxes_panel(labels: np.ndarray, size: int = 1000, max_boxes: int = 1000) ->
     canvas = np.full((size, size, 3), 255, dtype=np.uint8)
     boxes = labels[:max_boxes].copy()
     boxes[:, 1:3] = 0.5
-    xyxy = _xywh2xyxy(boxes[:, 1:5]) * size
+    xyxy = xywh2xyxy(boxes[:, 1:5]) * size
     for c, b in zip(boxes[:, 0].astype(int), xyxy):
         cv2.rectangle(canvas, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), colors(c), 1, cv2.LINE_AA)
     return canvas
@@ -264,7 +262,7 @@ def _plot_label_correlogram(labels: np.ndarray, path: Path) -> Path:
     """4x4 pair plot of x, y, w, h: histograms on the diagonal, 2D histograms elsewhere (no seaborn)."""
     from matplotlib.colors import LogNorm
 
-    fig, axes = _new_figure(4, 4, (8, 8))
+    fig, axes = new_figure(4, 4, (8, 8))
     cols = ("x", "y", "width", "height")
     for k, ax in enumerate(axes):
         i, j = divmod(k, 4)
@@ -276,7 +274,7 @@ def _plot_label_correlogram(labels: np.ndarray, path: Path) -> Path:
         ax.set_xlim(0, 1)
         ax.set_xlabel(cols[j] if i == 3 else "")
         ax.set_ylabel(cols[i] if j == 0 else "")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_labels(labels, names=(), save_dir=Path(""), correlogram: bool = True) -> Path | None:
@@ -297,7 +295,7 @@ def plot_labels(labels, names=(), save_dir=Path(""), correlogram: bool = True) -
 
     from matplotlib.colors import LogNorm
 
-    fig, ax = _new_figure(2, 2, (8, 8))
+    fig, ax = new_figure(2, 2, (8, 8))
     counts = np.bincount(cls, minlength=nc)
     ax[0].bar(range(nc), counts, width=0.8, color=[np.array(colors(i)) / 255 for i in range(nc)])
     ax[0].set_ylabel("instances")
@@ -317,7 +315,7 @@ def plot_labels(labels, names=(), save_dir=Path(""), correlogram: bool = True) -
         a.set_ylabel(yl)
         a.set_xlim(0, 1)
         a.set_ylim(0, 1)
-    path = _save_figure(fig, save_dir / "labels.jpg")
+    path = save_figure(fig, save_dir / "labels.jpg")
     if correlogram:
         _plot_label_correlogram(labels, save_dir / "labels_correlogram.jpg")
     return path
@@ -367,7 +365,7 @@ def plot_results(file="results.csv", save_dir=None) -> Path | None:
     x = df["epoch"].to_numpy() if "epoch" in df.columns else np.arange(len(df))
 
     margins = dict(left=0.04, right=0.99, bottom=0.05, top=0.95, wspace=0.3, hspace=0.25)
-    fig, ax = _new_figure(2, 5, (12, 6), margins)
+    fig, ax = new_figure(2, 5, (12, 6), margins)
     for a, col in zip(ax, RESULTS_COLUMNS):
         a.set_title(col, fontsize=12)
         if col not in df.columns:
@@ -380,4 +378,4 @@ def plot_results(file="results.csv", save_dir=None) -> Path | None:
             a.plot(x[finite], smooth(y[finite]), ":", label="smooth", linewidth=2)
     ax[0].legend()
     LOGGER.info(f"Plotting results to {save_dir / 'results.png'}")
-    return _save_figure(fig, save_dir / "results.png")
+    return save_figure(fig, save_dir / "results.png")

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from utils.augmentations import letterbox
-from utils.dataloaders import IMG_FORMATS
+from utils.label_cache import IMG_FORMATS
 from utils.general import LOGGER
 
 VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv")

@@ -18,8 +18,8 @@ Generation is atomic: files go to a hidden temporary folder beside ``root`` that
 ``root`` only once complete, so an interrupted run never leaves a half dataset at ``root``. A
 complete ``root`` made with the same parameters is left untouched.
 
-At import, the generator registers itself as ``"shapes"`` with ``utils.dataset_config`` when that
-module is available; importing writes no files.
+``utils.dataset_config`` looks this generator up as ``generate: shapes``; this module knows nothing of
+it (dependencies point one way) and importing it writes no files.
 """
 from __future__ import annotations
 
@@ -312,13 +312,6 @@ def main(argv: list[str] | None = None) -> Path:
     setup_logging()
     return generate_shapes(opt.root, opt.n_train, opt.n_val, opt.imgsz, opt.seed)
 
-
-try:
-    from utils.dataset_config import register_generator
-except ImportError:
-    register_generator = None
-if register_generator:
-    register_generator("shapes", generate_shapes)
 
 if __name__ == "__main__":
     main()

@@ -50,29 +50,6 @@ def model_summary(model: nn.Module, imgsz=640) -> dict:
     }
 
 
-@torch.no_grad()
-def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random statistics and affine parameters, in place.
-
-    Equivalence checks (folding, export) run with these: the default mean 0 / var 1 / weight 1 /
-    bias 0 make a missing or misplaced BatchNorm term invisible.
-    """
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-
-            def rand(lo, hi):
-                return (torch.rand(n, generator=g) * (hi - lo) + lo).to(m.running_mean)
-
-            m.running_mean.copy_(rand(-0.5, 0.5))
-            m.running_var.copy_(rand(0.5, 2.0))
-            if m.affine:
-                m.weight.copy_(rand(0.5, 1.5))
-                m.bias.copy_(rand(-0.3, 0.3))
-    return model
-
-
 def synced_time(device) -> float:
     """``time.perf_counter()`` after the device's queued work finished (CUDA runs asynchronously, so an
     unsynchronised timestamp after a forward pass measures only the kernel launches)."""

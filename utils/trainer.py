@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-import val as validate
 from models.yolo import Model
 from utils.autoanchor import check_anchors
-from utils.checkpoint import load_pretrained, model_from_record, read_checkpoint, save_checkpoint, strip_checkpoint
+from utils.checkpoint import (load_model, load_pretrained, model_from_record, read_checkpoint, save_checkpoint,
+                              strip_checkpoint)
 from utils.dataloaders import create_dataloader
+from utils.evaluator import validate
 from utils.general import LOGGER, TrainingDiverged
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
@@ -55,9 +56,18 @@ def check_amp(model: nn.Module, device: torch.device) -> bool:
 
 
 class Trainer:
+    """One training run: a single process, or one DDP process per device.
+
+    Stages: the constructor builds every part (model, optimizer and LR schedule, EMA, AMP, dataloaders,
+    the DDP wrapper, the loss) and restores the checkpoint when resuming; ``train()`` runs the epochs
+    (``train_epoch``, validation of the EMA, logging, checkpoints) and ends with ``finish()`` (strip the
+    checkpoints, validate best.pt with plots, draw results.png). ``hyp`` stays as the user gave it, which
+    is what checkpoints store; the loss gets a scaled copy (``loss_hyp``) and the optimizer a scaled
+    weight decay.
+    """
+
     def __init__(self, opt, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None):
         self.opt, self.data, self.device, self.ckpt = opt, data, device, ckpt
-        self.hyp_given = dict(hyp)  # what checkpoints store: build() scales self.hyp for this run's data
         self.hyp = dict(hyp)
         self.rank = int(os.environ.get("RANK", -1))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -68,11 +78,33 @@ class Trainer:
         self.data_nc = int(data["nc"])  # label files are checked against this; --single-cls then maps all to 0
         self.nc = 1 if opt.single_cls else self.data_nc
         self.names = ["item"] if opt.single_cls and len(data["names"]) != 1 else list(data["names"])
-        self.start_epoch, self.best_fitness = 0, 0.0
-        self.tb = None
+        self.start_epoch, self.best_fitness, self.tb, self.lr = 0, 0.0, None, []
+
+        self.model = self._build_model()
+        self.gs = max(int(self.model.stride.max()), 32)
+        self.imgsz = int(math.ceil(opt.imgsz / self.gs) * self.gs)
+        if self.imgsz != opt.imgsz:
+            LOGGER.warning(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}, using {self.imgsz}")
+        self.batch_size = opt.batch_size // self.world_size
+        self.nbs = int(self.hyp.get("nbs", NBS))
+        self.accumulate = max(round(self.nbs / opt.batch_size), 1)
+        weight_decay = self.hyp["weight_decay"] * opt.batch_size * self.accumulate / self.nbs
+        self.optimizer = smart_optimizer(self.model, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"], weight_decay)
+        self.lf = self._lr_lambda()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(self.model) if self.main else None
+        self.set_amp(self.agree(check_amp(self.model, self.device)))
+        if ckpt is not None:
+            self.restore(ckpt)
+        self.train_loader, self.dataset, self.val_loader = self._build_data()
+        self.model = self._wrap_distributed(self.model)
+        self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
+        self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)
+        self.stopper = EarlyStopping(patience=opt.patience)
+        self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
     # ---- setup ----------------------------------------------------------------------------
-    def build_model(self) -> nn.Module:
+    def _build_model(self) -> nn.Module:
         opt = self.opt
         if self.ckpt is not None:  # resume: the exact model, raw (non-EMA) weights
             model = model_from_record(self.ckpt)
@@ -92,37 +124,20 @@ class Trainer:
                 LOGGER.debug(f"freezing {k}")
         return model.to(self.device)
 
-    def build(self) -> None:
-        opt, hyp = self.opt, self.hyp
-        self.model = self.build_model()
-        self.gs = max(int(self.model.stride.max()), 32)
-        self.imgsz = int(math.ceil(opt.imgsz / self.gs) * self.gs)
-        if self.imgsz != opt.imgsz:
-            LOGGER.warning(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}, using {self.imgsz}")
-        self.batch_size = opt.batch_size // self.world_size
-        self.nbs = int(hyp.get("nbs", NBS))
-        self.accumulate = max(round(self.nbs / opt.batch_size), 1)
-        hyp["weight_decay"] *= opt.batch_size * self.accumulate / self.nbs
-        self.optimizer = smart_optimizer(self.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
-        if opt.cos_lr:
-            self.lf = lambda x: ((1 - math.cos(x * math.pi / opt.epochs)) / 2) * (hyp["lrf"] - 1) + 1
-        else:
-            self.lf = lambda x: (1 - x / opt.epochs) * (1.0 - hyp["lrf"]) + hyp["lrf"]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.ema = ModelEMA(self.model) if self.main else None
-        self.set_amp(self.agree(check_amp(self.model, self.device)))
-        if self.ckpt is not None:
-            self.restore(self.ckpt)
-        self.build_data()
-        self.wrap_distributed()
-        nl = de_parallel(self.model).model[-1].nl
+    def _lr_lambda(self):
+        epochs, lrf = self.opt.epochs, self.hyp["lrf"]
+        if self.opt.cos_lr:
+            return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+        return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+
+    def _loss_hyp(self, nl: int) -> dict:
+        """The loss gains scaled to this run's layers, classes and image size (YOLOv5's rules)."""
+        hyp = dict(self.hyp)
         hyp["box"] *= 3 / nl
         hyp["cls"] *= self.nc / 80 * 3 / nl
         hyp["obj"] *= (self.imgsz / 640) ** 2 * 3 / nl
-        hyp["label_smoothing"] = opt.label_smoothing
-        self.compute_loss = ComputeLoss(de_parallel(self.model), hyp)
-        self.stopper = EarlyStopping(patience=opt.patience)
-        self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
+        hyp["label_smoothing"] = self.opt.label_smoothing
+        return hyp
 
     def agree(self, flag: bool) -> bool:
         """Under DDP, True only if every process says True: ranks that differ on AMP would average scaled and
@@ -152,40 +167,42 @@ class Trainer:
         self.scheduler.last_epoch = self.start_epoch  # one scheduler step per finished epoch
         LOGGER.info(f"Resuming training from {self.opt.resume} at epoch {self.start_epoch} of {self.opt.epochs}")
 
-    def build_data(self) -> None:
+    def _build_data(self) -> tuple:
+        """(train loader, train dataset, val loader or None); plots labels and runs AutoAnchor on a new run."""
         opt, data = self.opt, self.data
-        self.train_loader, self.dataset = create_dataloader(
+        train_loader, dataset = create_dataloader(
             data["train"], self.imgsz, self.batch_size, self.gs, opt.single_cls, hyp=self.hyp, augment=True,
             cache=opt.cache, rect=opt.rect, rank=self.rank, workers=opt.workers, prefix="train: ", shuffle=True,
             seed=opt.seed, nc=self.data_nc)
-        labels = np.concatenate(self.dataset.labels, 0) if len(self.dataset.labels) else np.zeros((0, 5))
+        labels = np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
         if not len(labels):  # nothing to learn from: fail now, not after an epoch of zero box loss
-            raise ValueError(f"no labels in {data['train']}: all {len(self.dataset)} images lack label files or boxes "
+            raise ValueError(f"no labels in {data['train']}: all {len(dataset)} images lack label files or boxes "
                              "(YOLO labels go in a labels/ folder beside images/, one .txt per image)")
         if len(labels) and labels[:, 0].max() >= self.nc:
             raise ValueError(f"label class {int(labels[:, 0].max())} exceeds nc={self.nc} in {opt.data}")
-        self.val_loader = None
+        val_loader = None
         if self.main:
-            self.val_loader = create_dataloader(
+            val_loader = create_dataloader(
                 data["val"], self.imgsz, self.batch_size * 2, self.gs, opt.single_cls, hyp=self.hyp, cache=opt.cache,
                 rect=True, rank=-1, workers=opt.workers, pad=0.5, prefix="val: ", seed=opt.seed, nc=self.data_nc)[0]
             if self.ckpt is None:
                 if not opt.noplots:
                     plot_labels(labels, self.names, self.save_dir)
                 if not opt.noautoanchor:
-                    check_anchors(self.dataset, de_parallel(self.model), thr=self.hyp["anchor_t"], imgsz=self.imgsz, seed=opt.seed)
+                    check_anchors(dataset, de_parallel(self.model), thr=self.hyp["anchor_t"], imgsz=self.imgsz, seed=opt.seed)
                     self.ema.ema.load_state_dict(de_parallel(self.model).state_dict())  # anchors may have changed
+        return train_loader, dataset, val_loader
 
-    def wrap_distributed(self) -> None:
+    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if self.rank == -1:
-            return
+            return model
         if self.opt.sync_bn and self.device.type == "cuda":
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             LOGGER.info("Using SyncBatchNorm")
         elif self.opt.sync_bn and self.main:  # SyncBatchNorm's kernels exist for CUDA only
             LOGGER.warning(f"WARNING --sync-bn needs CUDA DDP; training on {self.device.type} with plain BatchNorm")
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
 
     # ---- training -------------------------------------------------------------------------
     def warmup(self, ni: int, nw: int, epoch: int) -> None:
@@ -287,10 +304,7 @@ class Trainer:
             if self.main:
                 final = epoch + 1 == opt.epochs
                 if not opt.noval or final:
-                    results, _, _ = validate.run(
-                        batch_size=self.batch_size * 2, imgsz=self.imgsz, half=self.amp, model=self.ema.ema,
-                        single_cls=opt.single_cls, dataloader=self.val_loader, save_dir=self.save_dir,
-                        plots=False, compute_loss=self.compute_loss, names=self.names)
+                    results = self.validate(self.ema.ema, plots=False)
                 fi = float(fitness(np.array(results).reshape(1, -1))[0])
                 stop = self.stopper(epoch, fi)
                 self.best_fitness = max(self.best_fitness, fi)
@@ -308,6 +322,12 @@ class Trainer:
             LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
             results = self.finish()
         return results
+
+    def validate(self, model: nn.Module, plots: bool, verbose: bool = False) -> tuple:
+        """YOLOv5's result tuple for ``model`` on the validation set; an fp16 copy when training used AMP on CUDA."""
+        return validate(model, self.val_loader, names=self.names, single_cls=self.opt.single_cls,
+                        half=self.amp and self.device.type == "cuda", compute_loss=self.compute_loss, plots=plots,
+                        save_dir=self.save_dir, verbose=verbose).metrics
 
     # ---- outputs --------------------------------------------------------------------------
     def log_speed(self, epoch: int, seconds: float) -> None:
@@ -346,7 +366,7 @@ class Trainer:
         extra = dict(epoch=epoch, best_fitness=self.best_fitness, ema_updates=self.ema.updates,
                      train_state_dict={k: v.detach().cpu().clone() for k, v in de_parallel(self.model).state_dict().items()},
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                     opt=vars(self.opt), hyp=self.hyp_given, date=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                     opt=vars(self.opt), hyp=self.hyp, date=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.ema.ema.names = self.names
         save_checkpoint(self.last, self.ema.ema, **extra)
         if fi >= self.best_fitness:
@@ -362,13 +382,7 @@ class Trainer:
                 strip_checkpoint(f)
         if self.best.exists():
             LOGGER.info(f"\nValidating {self.best}...")
-            from utils.checkpoint import load_model
-
-            model = load_model(self.best, self.device)
-            results, _, _ = validate.run(
-                batch_size=self.batch_size * 2, imgsz=self.imgsz, model=model, single_cls=self.opt.single_cls,
-                dataloader=self.val_loader, save_dir=self.save_dir, plots=not self.opt.noplots, verbose=True,
-                compute_loss=self.compute_loss, names=self.names)
+            results = self.validate(load_model(self.best, self.device), plots=not self.opt.noplots, verbose=True)
         if not self.opt.noplots:
             plot_results(self.save_dir / "results.csv")
         if self.tb:

@@ -1,0 +1,88 @@
+"""Dependencies point one way: library code (models/, utils/) never imports a script, and no project
+module imports another that imports it back, counting every import, including those inside functions."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+SCRIPTS = ("train", "val", "detect", "export", "hubconf")
+PACKAGES = ("models", "utils")
+
+
+def project_modules() -> dict[str, Path]:
+    mods = {name: ROOT / f"{name}.py" for name in SCRIPTS}
+    for pkg in PACKAGES:
+        mods.update({f"{pkg}.{f.stem}": f for f in (ROOT / pkg).glob("*.py") if f.stem != "__init__"})
+    return mods
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports anywhere in its body (top level, functions, try blocks)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in known:
+                found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = project_modules()
+    return {name: imports_of(path, set(mods)) - {name} for name, path in mods.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each a cycle or a knot of them."""
+    index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_library_code_imports_no_script():
+    graph = import_graph()
+    bad = {m: sorted(deps & set(SCRIPTS)) for m, deps in graph.items() if m.split(".")[0] in PACKAGES}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_see_what_they_should():
+    """The walker finds function-level imports and the cycle finder finds a planted cycle."""
+    graph = import_graph()
+    assert "utils.checkpoint" in graph["utils.backends"]  # imported inside a function only
+    assert "utils.evaluator" in graph["val"] and "utils.evaluator" in graph["utils.trainer"]
+    planted = {k: set(v) for k, v in graph.items()}
+    planted["utils.general"].add("utils.ops")  # ops imports general: now a cycle
+    assert ["utils.general", "utils.ops"] in cycles(planted)
