@@ -257,8 +257,11 @@ class LoadImagesAndLabels(Dataset):
             labels[:, 1] = 1 - labels[:, 1]
         return img, labels
 
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])  # the sample's only randomness
+    def __getitem__(self, index):
+        """``index``: an image index (augmented as of ``set_epoch``) or ``(epoch, index)`` as the training
+        loader's sampler yields it, so persistent workers never need the main process's epoch."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])  # the sample's only randomness
         if self.mosaic and rng.random() < self.hyp["mosaic"]:
             img, labels = self.load_mosaic(index, rng)
             shapes = None
@@ -333,9 +336,30 @@ class DistributedRectBatchSampler(Sampler):
         return self.per_rank
 
 
+class EpochTaggedSampler(Sampler):
+    """Yields ``(epoch, index)`` (or lists of them, around a batch sampler): the epoch travels with every
+    index, so workers can stay alive across epochs (no re-fork of a large trainer process per epoch) and
+    each sample's augmentation is still seeded by (seed, epoch, index)."""
+
+    def __init__(self, inner):
+        self.inner, self.epoch = inner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        for item in self.inner:
+            yield [(self.epoch, i) for i in item] if isinstance(item, list) else (self.epoch, item)
+
+    def __len__(self):
+        return len(self.inner)
+
+
 class EpochDataLoader(DataLoader):
-    """DataLoader whose ``set_epoch`` reaches both the sampler (order) and the dataset (augmentation).
-    Workers are not persistent, so each epoch's workers start from the dataset with the new epoch."""
+    """DataLoader whose ``set_epoch`` reaches the sampler (order, and the epoch each index carries to the
+    persistent workers) and the dataset (for direct ``dataset[i]`` access)."""
 
     def set_epoch(self, epoch: int) -> None:
         for sampler in (self.sampler, self.batch_sampler):
@@ -370,14 +394,15 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size, workers)
     batching = dict(batch_size=batch_size)
     if rank != -1 and rect:  # each rank's batch must be one rect shape group
-        batching = dict(batch_sampler=DistributedRectBatchSampler(dataset.batch, world_size, rank))
+        batching = dict(batch_sampler=EpochTaggedSampler(DistributedRectBatchSampler(dataset.batch, world_size, rank)))
     elif rank != -1:
-        batching["sampler"] = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        batching["sampler"] = EpochTaggedSampler(
+            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed))
     else:
-        batching["sampler"] = SeededSampler(len(dataset), shuffle, seed)
+        batching["sampler"] = EpochTaggedSampler(SeededSampler(len(dataset), shuffle, seed))
     generator = torch.Generator()
     generator.manual_seed(seed)
     loader = EpochDataLoader(dataset, **batching, num_workers=nw, pin_memory=torch.cuda.is_available(),
                              collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=partial(seed_worker, seed=seed),
-                             generator=generator, persistent_workers=False)
+                             generator=generator, persistent_workers=nw > 0)
     return loader, dataset
