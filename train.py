@@ -98,8 +98,8 @@ def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     if weights_dir.name != "weights":
         raise CheckpointError(f"--resume {last}: expected a checkpoint in a run's weights/ folder (e.g. "
                               "runs/train/exp/weights/last.pt), where the resumed run keeps writing")
-    ignored = sorted(k for k, v in vars(opt).items()
-                     if k not in ("resume", "device") and v != vars(parse_opt([])).get(k))
+    defaults = vars(parse_opt([]))
+    ignored = sorted(k for k, v in vars(opt).items() if k not in ("resume", "device") and v != defaults.get(k))
     if ignored:
         LOGGER.warning(f"WARNING --resume continues with the run's saved options; ignoring "
                        f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
