@@ -4,6 +4,10 @@
     python train.py --cfg yolov5s_RepVGG.yaml --data their_data.yaml --epochs 100 --imgsz 640
     python -m torch.distributed.run --nproc_per_node 2 train.py --data their_data.yaml --device 0,1
     python train.py --resume                          # continue the most recent run
+    python train.py --data their_data.yaml --epochs 10 --evolve 300   # hyperparameter evolution
+    # two machines, one process per GPU (run on each, --node_rank 0 on the one at --master_addr):
+    python -m torch.distributed.run --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr 10.0.0.1 \
+        --master_port 29500 train.py --data their_data.yaml --device 0,1,2,3,4,5,6,7 --batch-size 128
 
 ``run(**kwargs)`` takes the same options as the command line and returns the final metrics.
 """
@@ -60,6 +64,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--image-weights", action="store_true", help="sample images weighted by their classes' rarity and "
+                   "past mAP (single process)")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, default=None,
+                   help="evolve hyperparameters for this many generations (300 if no number); same --name continues")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly reproducible runs)")
     opt = p.parse_args(argv)
@@ -79,6 +87,11 @@ def check_options(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> N
         parser.error(f"--label-smoothing must be in [0, 1), got {opt.label_smoothing}")
     if opt.workers < 0:
         parser.error(f"--workers must be >= 0, got {opt.workers}")
+    if opt.evolve is not None and opt.evolve < 1:
+        parser.error(f"--evolve must be >= 1 generations, got {opt.evolve}")
+    if opt.evolve and opt.resume:
+        parser.error("--evolve and --resume cannot be combined: run the same --evolve command again (same "
+                     "--project/--name) to continue an evolution")
 
 
 def latest_run(search_dir: str | Path) -> Path:
@@ -103,7 +116,7 @@ def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     if ignored:
         LOGGER.warning(f"WARNING --resume continues with the run's saved options; ignoring "
                        f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
-    saved = argparse.Namespace(**ckpt["opt"])
+    saved = argparse.Namespace(**{**defaults, **ckpt["opt"]})  # options added since the run started: defaults
     saved.resume, saved.weights = str(last), str(last)
     saved.save_dir = str(weights_dir.parent)  # the folder holding the file given, not the path saved in it
     if opt.device:  # the hardware may differ from the original run's
@@ -139,7 +152,8 @@ def prepare(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict, di
         raise ValueError(f"{opt.hyp}: hyperparameters must be numbers; not numbers: {', '.join(not_numbers)}")
     if ckpt is None:  # rank 0 claims the folder (mkdir); other DDP ranks never write to it
         main_rank = int(os.environ.get("RANK", -1)) in (-1, 0)
-        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=main_rank))
+        exist_ok = opt.exist_ok or bool(opt.evolve)  # an evolution continues in its folder
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=exist_ok, mkdir=main_rank))
     return opt, hyp, data, ckpt
 
 
@@ -153,11 +167,16 @@ def write_run_files(opt, hyp: dict) -> None:
 
 
 def main(opt: argparse.Namespace):
-    from utils.trainer import Trainer  # heavy imports only when training
-
+    # Under torch.distributed.run, RANK is the process's rank among all nodes (it decides who logs, saves
+    # and validates: rank 0 only) and LOCAL_RANK its rank on this node (it picks this node's GPU).
     local_rank = int(os.environ.get("LOCAL_RANK", -1))
     rank = int(os.environ.get("RANK", -1))
     setup_logging(verbose=rank in (-1, 0))
+    if local_rank != -1:
+        for flag in ("evolve", "image_weights"):
+            if getattr(opt, flag):
+                raise ValueError(f"--{flag.replace('_', '-')} is not supported with DDP (torch.distributed.run): "
+                                 "run it as a single process")
     opt, hyp, data, ckpt = prepare(opt)
     device = select_device(opt.device, opt.batch_size)
     if local_rank != -1:
@@ -167,17 +186,34 @@ def main(opt: argparse.Namespace):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+        shared = [opt.save_dir]  # rank 0 claimed the folder; another node cannot see which name it got
+        dist.broadcast_object_list(shared, src=0)
+        opt.save_dir = shared[0]
     try:
         # Denormal floats appear in the first steps from scratch and slow CPU backward 20-30x; flushing
         # them to zero changes no result that matters (values below 1e-38).
         torch.set_flush_denormal(True)
-        init_seeds(opt.seed + 1 + max(rank, 0), deterministic=opt.deterministic)
-        if rank in (-1, 0):
-            write_run_files(opt, hyp)
-        return Trainer(opt, hyp, data, device, ckpt).train()
+        if opt.evolve:
+            from utils.evolve import evolve
+
+            return evolve(opt, hyp, lambda run_opt, child: train_once(run_opt, child, data, device, None, rank))
+        return train_once(opt, hyp, data, device, ckpt, rank)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def train_once(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.device, ckpt: dict | None, rank: int):
+    """One training run in ``opt.save_dir``; an evolution generation validates only at the end, keeps
+    only the final checkpoint and draws no plots."""
+    from utils.trainer import Trainer  # heavy imports only when training
+
+    if opt.evolve:
+        opt = argparse.Namespace(**{**vars(opt), "noval": True, "nosave": True, "noplots": True})
+    init_seeds(opt.seed + 1 + max(rank, 0), deterministic=opt.deterministic)
+    if rank in (-1, 0):
+        write_run_files(opt, hyp)
+    return Trainer(opt, hyp, data, device, ckpt).train()
 
 
 def run(**kwargs):

@@ -199,6 +199,7 @@ class PyTorchBackend(Backend):
 
     def __init__(self, weights, device=None, fp16: bool = False, fuse: bool = True):
         from utils.checkpoint import load_model
+        from utils.torch_utils import to_channels_last
 
         if isinstance(weights, nn.Module):
             model = weights
@@ -206,8 +207,8 @@ class PyTorchBackend(Backend):
                 model = copy.deepcopy(model)
             model = model.to(device or _device(model)).eval()
             model = model.fuse() if fuse and hasattr(model, "fuse") else model
-        else:
-            model = load_model(weights, device or "cpu", fuse=fuse)
+        else:  # our own copy: channels-last runs convolutions faster (benchmarks/README.md)
+            model = to_channels_last(load_model(weights, device or "cpu", fuse=fuse))
         self.model = model.half() if fp16 else model
         super().__init__(weights, _device(model), fp16)
         self.stride = int(max(model.stride))

@@ -209,11 +209,13 @@ class LoadImagesAndLabels(Dataset):
 
     # ----- samples -----
 
-    def load_mosaic(self, index: int, rng: np.random.Generator):
-        """4 images around a random centre in a 2s x 2s canvas, then random_perspective crops to s x s."""
+    def load_mosaic(self, index: int, rng: np.random.Generator, companions=None):
+        """4 images around a random centre in a 2s x 2s canvas, then random_perspective crops to s x s.
+        The 3 companions are random images unless given."""
         s, hyp = self.img_size, self.hyp
         yc, xc = (int(rng.uniform(-x, 2 * s + x)) for x in self.mosaic_border)
-        indices = rng.permutation([index, *rng.integers(0, len(self), size=3)])
+        companions = companions if companions else rng.integers(0, len(self), size=3)
+        indices = rng.permutation([index, *companions])
         img4 = np.full((s * 2, s * 2, 3), 114, dtype=np.uint8)
         labels4 = []
         for i, idx in enumerate(indices):
@@ -258,15 +260,17 @@ class LoadImagesAndLabels(Dataset):
         return img, labels
 
     def __getitem__(self, index):
-        """``index``: an image index (augmented as of ``set_epoch``) or ``(epoch, index)`` as the training
-        loader's sampler yields it, so persistent workers never need the main process's epoch."""
-        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        """``index``: an image index (augmented as of ``set_epoch``) or ``(epoch, index[, partners])`` as the
+        training loader's sampler yields it, so persistent workers never need the main process's epoch;
+        ``partners`` (``--image-weights``) are the images mosaic and mixup combine it with."""
+        epoch, index, partners = (*index, None)[:3] if isinstance(index, tuple) else (self.epoch, index, None)
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])  # the sample's only randomness
         if self.mosaic and rng.random() < self.hyp["mosaic"]:
-            img, labels = self.load_mosaic(index, rng)
+            img, labels = self.load_mosaic(index, rng, partners and partners[:3])
             shapes = None
             if rng.random() < self.hyp["mixup"]:
-                img, labels = mixup(img, labels, *self.load_mosaic(int(rng.integers(len(self))), rng), rng=rng)
+                other = partners[3] if partners else int(rng.integers(len(self)))
+                img, labels = mixup(img, labels, *self.load_mosaic(other, rng, partners and partners[4:7]), rng=rng)
         else:
             img, labels, shapes = self._load_letterboxed(index, rng)
         labels = labels.astype(np.float32)
@@ -311,6 +315,37 @@ class SeededSampler(Sampler):
         return self.n
 
 
+class ImageWeightSampler(Sampler):
+    """``--image-weights``: n images drawn with replacement in proportion to ``weights`` (YOLOv5's class-
+    balanced sampling), each with the 7 companions its mosaic and mixup take, drawn the same way (YOLOv5
+    draws those from its weighted index list too). The draws are a function of (seed, epoch, weights), made
+    in the main process, so persistent workers never need the weights."""
+
+    PARTNERS = 7  # 3 mosaic companions, a mixup image and its 3 companions
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = np.ones(n)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_weights(self, weights) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (self.n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"image weights must be {self.n} finite non-negative numbers, not all zero")
+        self.weights = w
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        p = self.weights / self.weights.sum()
+        draws = rng.choice(self.n, size=(self.n, 1 + self.PARTNERS), p=p)
+        return iter((int(row[0]), tuple(int(i) for i in row[1:])) for row in draws)
+
+    def __len__(self):
+        return self.n
+
+
 class DistributedRectBatchSampler(Sampler):
     """Whole rect batches dealt to DDP ranks in turn: batch b goes to rank b % world_size.
 
@@ -350,8 +385,11 @@ class EpochTaggedSampler(Sampler):
             self.inner.set_epoch(epoch)
 
     def __iter__(self):
-        for item in self.inner:
-            yield [(self.epoch, i) for i in item] if isinstance(item, list) else (self.epoch, item)
+        for item in self.inner:  # an index, (index, partners), or a list of indices (batch sampler)
+            if isinstance(item, list):
+                yield [(self.epoch, i) for i in item]
+            else:
+                yield (self.epoch, *item) if isinstance(item, tuple) else (self.epoch, item)
 
     def __len__(self):
         return len(self.inner)
@@ -379,8 +417,15 @@ def seed_worker(worker_id: int, seed: int = 0) -> None:
 
 
 def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=None,
-                      pad=0.0, rect=False, rank=-1, workers=8, prefix="", shuffle=False, seed=0, nc=None):
-    """Build (loader, dataset). ``batch_size`` is per process; call ``loader.set_epoch(e)`` each epoch."""
+                      pad=0.0, rect=False, rank=-1, workers=8, prefix="", shuffle=False, seed=0, nc=None,
+                      image_weights=False):
+    """Build (loader, dataset). ``batch_size`` is per process; call ``loader.set_epoch(e)`` each epoch.
+    ``image_weights``: single process; ``loader.sampler.inner.set_weights(w)`` sets each epoch's weights."""
+    if image_weights and rank != -1:
+        raise ValueError("image weights need a single process (not DDP)")
+    if image_weights and rect:  # the weighted draw mixes images of every shape group (YOLOv5 drops rect too)
+        LOGGER.warning(f"{prefix}--rect is incompatible with --image-weights; using square batches")
+        rect = False
     if rect and shuffle:
         LOGGER.warning(f"{prefix}rect=True is incompatible with shuffle; using shuffle=False")
         shuffle = False
@@ -398,6 +443,8 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     elif rank != -1:
         batching["sampler"] = EpochTaggedSampler(
             DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed))
+    elif image_weights:
+        batching["sampler"] = EpochTaggedSampler(ImageWeightSampler(len(dataset), seed))
     else:
         batching["sampler"] = EpochTaggedSampler(SeededSampler(len(dataset), shuffle, seed))
     generator = torch.Generator()

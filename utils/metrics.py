@@ -235,6 +235,22 @@ def evaluate_detections(predictions, targets, nc: int, iou_thresholds=IOU_THRESH
     )
 
 
+def class_weights(labels: list[np.ndarray], nc: int) -> np.ndarray:
+    """Inverse class frequencies over a dataset's label arrays (rows [cls, ...]), summing to 1; a class
+    with no boxes counts as one box (YOLOv5's labels_to_class_weights)."""
+    classes = np.concatenate([lb[:, 0] for lb in labels if len(lb)] or [np.zeros(0)]).astype(int)
+    counts = np.bincount(classes, minlength=nc).astype(np.float64)
+    counts[counts == 0] = 1
+    w = 1 / counts
+    return w / w.sum()
+
+
+def image_weights(labels: list[np.ndarray], nc: int, weights_per_class: np.ndarray) -> np.ndarray:
+    """Each image's sampling weight: its boxes' class weights summed (an image without boxes gets 0)."""
+    counts = np.array([np.bincount(lb[:, 0].astype(int), minlength=nc) if len(lb) else np.zeros(nc) for lb in labels])
+    return (counts * np.asarray(weights_per_class).reshape(1, nc)).sum(1)
+
+
 def fitness(x) -> np.ndarray:
     """Model fitness for best.pt selection: 0.1 * mAP50 + 0.9 * mAP50-95 of rows [P, R, mAP50, mAP50-95]."""
     x = np.asarray(x, dtype=np.float64)
