@@ -4,6 +4,7 @@
     python export.py --weights best.pt --include onnx --dynamic --simplify
     python export.py --weights best.pt --include onnx --nms --conf-thres 0.25 --iou-thres 0.45
     python export.py --weights best.pt --include engine --device 0 --half --workspace 4
+    python export.py --weights best.pt --include onnx openvino --int8 --data data.yaml [--calib-images 300]
 
 Formats (files land beside the weights):
 
@@ -22,6 +23,12 @@ image size and probabilities as they are, must stay below ``TOLERANCE`` (5e-4 fo
 fp16). With --nms the graph ends in ONNX NonMaxSuppression and the check is against
 ``utils.ops.non_max_suppression``. A summary table follows; the exit status is 1 if any requested
 format failed (the others are still exported). ``run(**kwargs)`` is importable and returns the results.
+
+``--int8`` also writes a calibrated INT8 model for each of onnx (``<stem>-int8.onnx``, ONNX Runtime QDQ),
+openvino (``<stem>_int8_openvino_model/``, NNCF) and engine (``<stem>-int8.engine``, TensorRT from the QDQ
+ONNX), calibrated on ``--calib-images`` images of ``--data`` (see ``utils.quantize``). INT8 cannot equal
+fp32 tensor by tensor, so it is verified by its detections on the data's val images: the share of the
+fp32 model's detections it reproduces and their mean IoU, printed, with a failure below the stated levels.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from utils.augmentations import letterbox
 from utils.backends import load_backend
 from utils.checkpoint import load_model
 from utils.dataset_config import load_names  # one parser for names, shared with check_dataset
-from utils.exporters import EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
+from utils.exporters import EXPORTERS, INT8_EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
 from utils.general import LOGGER, ROOT, check_imgsz, setup_logging
 from utils.ops import non_max_suppression
 from utils.torch_utils import select_device
@@ -57,6 +64,7 @@ class ExportResult:
     error_ratio: float | None = None  # normalised difference checked against TOLERANCE
     error: str | None = None
     size_mb: float = 0.0  # measured right after export (a later export may overwrite the file)
+    agreement: object = None  # INT8: utils.quantize.DetectionAgreement with the fp32 model
 
     @property
     def ok(self) -> bool:
@@ -175,37 +183,49 @@ def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, floa
 # Export
 # ---------------------------------------------------------------------------------------------
 
-def export_one(fmt: str, ctx: ExportContext) -> ExportResult:
-    """Export and verify one format; a failure is logged with its message and returned, never raised."""
-    result = ExportResult(fmt)
-    LOGGER.info(f"\n{fmt}: exporting...")
+def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult:
+    """Export and verify one format (its INT8 variant with ``int8``: verified by detections, see
+    utils.quantize); a failure is logged with its message and returned, never raised."""
+    name = f"{fmt} int8" if int8 else fmt
+    result = ExportResult(name)
+    LOGGER.info(f"\n{name}: " + (f"quantizing with {len(ctx.int8_data.calibration)} calibration images..."
+                                  if int8 else "exporting..."))
     t0 = time.time()
     try:
         if ctx.nms and fmt not in NMS_FORMATS:
             raise ValueError(f"--nms is supported for {', '.join(NMS_FORMATS)} only, not {fmt} "
                              f"(export {fmt} without --nms and run utils.ops.non_max_suppression on its output)")
-        result.file = EXPORTERS[fmt](ctx)
+        result.file = (INT8_EXPORTERS if int8 else EXPORTERS)[fmt](ctx)
         result.seconds, result.size_mb = time.time() - t0, size_mb(result.file)
-        result.max_abs_diff, result.error_ratio = verify_export(fmt, result.file, ctx)
-        ctx.exported[fmt] = result.file  # verified: the engine may build from this ONNX
+        if int8:
+            from utils.quantize import verify_int8
+
+            backend = load_backend(result.file, device=ctx.im.device)
+            result.agreement = verify_int8(ctx.model, backend, ctx.int8_data.verification, int(ctx.im.shape[0]), name)
+        else:
+            result.max_abs_diff, result.error_ratio = verify_export(fmt, result.file, ctx)
+        ctx.exported[name] = result.file  # verified: the engines may build from these ONNX files
     except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported
         result.seconds = result.seconds or time.time() - t0
         result.error = f"{type(e).__name__}: {e}"
-        LOGGER.error(f"{fmt}: export failed: {result.error}")
+        LOGGER.error(f"{name}: export failed: {result.error}")
         if ctx.verbose:
             LOGGER.exception(e)
     else:
-        LOGGER.info(f"{fmt}: saved {result.file} ({result.size_mb:.1f} MB, {result.seconds:.1f}s), verified: "
-                    f"max abs difference {result.max_abs_diff:.3g}, error {result.error_ratio:.3g}")
+        check = result.agreement if int8 else (f"max abs difference {result.max_abs_diff:.3g}, "
+                                               f"error {result.error_ratio:.3g}")
+        LOGGER.info(f"{name}: saved {result.file} ({result.size_mb:.1f} MB, {result.seconds:.1f}s), verified: {check}")
     return result
 
 
 def log_summary(results: list[ExportResult]) -> None:
-    LOGGER.info(f"\n{'Format':<12}{'File':<48}{'Size MB':>9}{'Time s':>8}  {'Max abs diff':>12}  Status")
+    LOGGER.info(f"\n{'Format':<14}{'File':<48}{'Size MB':>9}{'Time s':>8}  {'Max abs diff':>12}  Status")
     for r in results:
         diff = f"{r.max_abs_diff:.3g}" if r.max_abs_diff is not None else "-"
+        if r.agreement is not None:
+            diff = f"{r.agreement.share:.1%} matched, IoU {r.agreement.mean_iou:.3f}"
         status = "ok" if r.ok else f"FAILED: {r.error}"
-        LOGGER.info(f"{r.format:<12}{str(r.file or '-'):<48}{r.size_mb:>9.1f}{r.seconds:>8.1f}  {diff:>12}  {status}")
+        LOGGER.info(f"{r.format:<14}{str(r.file or '-'):<48}{r.size_mb:>9.1f}{r.seconds:>8.1f}  {diff:>12}  {status}")
 
 
 def build_context(weights, imgsz, batch_size, device, names, **options) -> ExportContext:
@@ -228,7 +248,7 @@ def build_context(weights, imgsz, batch_size, device, names, **options) -> Expor
 
 def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1, device="cpu",
         half=False, dynamic=False, simplify=False, opset=17, workspace=4.0, nms=False, conf_thres=0.25,
-        iou_thres=0.45, max_det=300, verbose=False, data=None) -> list[ExportResult]:
+        iou_thres=0.45, max_det=300, verbose=False, data=None, int8=False, calib_images=300) -> list[ExportResult]:
     """Export ``weights`` to every format in ``include``; returns one ``ExportResult`` per format, in order.
 
     A format that fails is logged and reported in its result (``.ok`` False); the others still export.
@@ -240,14 +260,30 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
         raise ValueError(f"--include {unknown or include}: choose from {', '.join(FORMATS)}")
     if batch_size < 1 or max_det < 1 or opset < 7:
         raise ValueError(f"need batch_size >= 1, max_det >= 1 and opset >= 7, got {batch_size}, {max_det}, {opset}")
+    int8_formats = [f for f in include if f in INT8_EXPORTERS]
+    if int8 and not int8_formats:
+        raise ValueError(f"--int8 applies to {', '.join(INT8_EXPORTERS)}: include one of them")
+    if int8 and nms:
+        raise ValueError("--int8 with --nms is not supported: export INT8 without --nms and run NMS on its output")
     device = select_device(str(device))
     names = load_names(data) if data else None
+    if int8 and not data:  # before the model loads
+        raise ValueError("--int8 needs --data: a dataset YAML whose train (or val) images calibrate the INT8 "
+                         "scales, e.g. --data data/shapes.yaml")
     ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
                         opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
                         max_det=max_det, verbose=verbose)
+    if int8:  # every image read before any export starts: bad images fail now, not after minutes
+        from utils.quantize import load_int8_data
+
+        ctx.int8_data = load_int8_data(data, calib_images, tuple(ctx.im.shape[2:]))
     LOGGER.info(f"Exporting {weights} (folded, {len(ctx.names)} classes, stride {ctx.stride}) with input "
                 f"{tuple(ctx.im.shape)} on {device} to: {', '.join(f for f in FORMATS if f in include)}")
-    results = [export_one(fmt, ctx) for fmt in FORMATS if fmt in include]
+    results = []
+    for fmt in (f for f in FORMATS if f in include):
+        results.append(export_one(fmt, ctx))
+        if int8 and fmt in INT8_EXPORTERS:
+            results.append(export_one(fmt, ctx, int8=True))
     log_summary(results)
     return results
 
@@ -269,7 +305,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--nms IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="--nms detections per image")
     parser.add_argument("--verbose", action="store_true", help="verbose exporter logs, tracebacks on failure")
-    parser.add_argument("--data", type=str, default=None, help="dataset YAML whose class names to embed")
+    parser.add_argument("--data", type=str, default=None, help="dataset YAML whose class names to embed (and, with "
+                        "--int8, whose images calibrate and verify)")
+    parser.add_argument("--int8", action="store_true", help="also write calibrated INT8 onnx/openvino/engine models")
+    parser.add_argument("--calib-images", type=int, default=300, help="--int8: calibration images from --data")
     return parser.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -42,3 +43,12 @@ def noise_pct(start, end) -> tuple[float, float] | None:
         return None
     busy, steal, total, own = (e - s for e, s in zip(end, start))
     return 100 * max(busy - steal - own, 0.0) / total, 100 * steal / total
+
+
+def emit(lines: list[str], out=None) -> str:
+    """Print a benchmark's markdown report and, with ``out``, write it there too."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return text

@@ -181,3 +181,42 @@ class RepVGGBlock(Reparameterizable):
     def _remove_training_branches(self) -> None:
         for name in ("rbr_dense", "rbr_1x1", "rbr_identity"):
             delattr(self, name)
+
+
+class QARepVGGBlock(RepVGGBlock):
+    """Quantization-aware RepVGG block (Chu et al. 2022, "Make RepVGG Greater Again"): kxk conv-BN + bias-free
+    1x1 conv + plain identity, summed, then one BatchNorm, (SE) and the activation.
+
+    Plain RepVGG's per-branch BatchNorms let the branches' scales drift apart, so the folded kernel's
+    per-channel ranges (and the summed output's) grow too wide for one INT8 scale; here only the kxk branch
+    is normalised and a shared BatchNorm follows the sum. Folds like RepVGGBlock into ``rbr_reparam``.
+    """
+
+    def __init__(self, c1, c2, k=3, s=1, p=None, g=1, d=1, act=True, deploy=False, use_se=False):
+        super().__init__(c1, c2, k, s, p, g, d, act, deploy, use_se)
+        if not deploy:
+            self.rbr_1x1 = nn.Conv2d(c1, c2, 1, s, self.p - d * (k // 2), groups=g, bias=False)
+            self.rbr_identity = nn.Identity() if self.rbr_identity is not None else None
+            self.bn = nn.BatchNorm2d(c2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.deploy:
+            return self.nonlinearity(self.se(self.rbr_reparam(x)))
+        y = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            y = y + x
+        return self.nonlinearity(self.se(self.bn(y)))
+
+    def get_equivalent_kernel_bias(self):
+        if self.deploy:
+            return self.rbr_reparam.weight, self.rbr_reparam.bias
+        kernel, bias = fuse_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
+        kernel = kernel + pad_to_kernel(self.rbr_1x1.weight, self.k)
+        if self.rbr_identity is not None:
+            kernel = kernel + identity_kernel(self.c1, self.g, self.k, dtype=kernel.dtype, device=kernel.device)
+        scale = self.bn.weight / (self.bn.running_var + self.bn.eps).sqrt()  # the BatchNorm after the sum
+        return kernel * scale.reshape(-1, 1, 1, 1), (bias - self.bn.running_mean) * scale + self.bn.bias
+
+    def _remove_training_branches(self) -> None:
+        super()._remove_training_branches()
+        delattr(self, "bn")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, RepVGGBlock
+from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QARepVGGBlock, RepVGGBlock
 from models.reparameterizable import Reparameterizable
 from utils.general import LOGGER, ROOT, excerpt, load_yaml, make_divisible, setup_logging
 from utils.torch_utils import initialize_weights, model_summary
@@ -93,6 +93,7 @@ MODULES: dict[str, type[nn.Module]] = {
     "SPPF": SPPF,
     "Concat": Concat,
     "RepVGGBlock": RepVGGBlock,
+    "QARepVGGBlock": QARepVGGBlock,
     "OREPA": OREPA,
     "Detect": Detect,
     "nn.Upsample": nn.Upsample,
@@ -100,7 +101,7 @@ MODULES: dict[str, type[nn.Module]] = {
     "nn.MaxPool2d": nn.MaxPool2d,
     "nn.Identity": nn.Identity,
 }
-CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, OREPA)  # args start with c2; c1 is inserted
+CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, QARepVGGBlock, OREPA)  # args start with c2; c1 is inserted
 REPEAT_INSIDE = (C3,)  # the repeat count is an argument, not a stack of copies
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     name: getattr(nn, name)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from helpers import randomize_batchnorm_, rel_error
-from models.common import OREPA, Conv, DWConv, RepVGGBlock
+from models.common import OREPA, Conv, DWConv, QARepVGGBlock, RepVGGBlock
 from models.orepa import frequency_prior
 from models.reparameterizable import Reparameterizable
 
@@ -20,6 +20,8 @@ BLOCKS = {
     "Conv": lambda c1, c2, k, s, g: Conv(c1, c2, k, s, g=g),
     "RepVGGBlock": lambda c1, c2, k, s, g: RepVGGBlock(c1, c2, k, s, g=g),
     "RepVGGBlock+SE": lambda c1, c2, k, s, g: RepVGGBlock(c1, c2, k, s, g=g, use_se=True),
+    "QARepVGGBlock": lambda c1, c2, k, s, g: QARepVGGBlock(c1, c2, k, s, g=g),
+    "QARepVGGBlock+SE": lambda c1, c2, k, s, g: QARepVGGBlock(c1, c2, k, s, g=g, use_se=True),
     "OREPA": lambda c1, c2, k, s, g: OREPA(c1, c2, k, s, g=g),
 }
 
@@ -111,6 +113,22 @@ def test_repvgg_identity_branch_only_when_shapes_match():
     assert RepVGGBlock(8, 8, 3, 2).rbr_identity is None
     names = set(RepVGGBlock(8, 8, 3, 1).state_dict())
     assert {"rbr_dense.conv.weight", "rbr_dense.bn.running_var", "rbr_1x1.conv.weight", "rbr_identity.weight"} <= names
+
+
+def test_qarepvgg_layout_one_batchnorm_after_the_sum():
+    """Chu et al.'s layout: BN only on the kxk branch and after the sum; the 1x1 branch and identity are bare."""
+    block = QARepVGGBlock(8, 8, 3, 1)
+    names = set(block.state_dict())
+    assert {"rbr_dense.conv.weight", "rbr_dense.bn.running_var", "rbr_1x1.weight", "bn.weight", "bn.running_var"} <= names
+    assert not any(n.startswith(("rbr_1x1.bn", "rbr_identity")) for n in names)
+    assert isinstance(block.rbr_identity, nn.Identity) and QARepVGGBlock(8, 8, 3, 2).rbr_identity is None
+    assert block.rbr_1x1.bias is None
+    # the shared BN sees the sum: scaling its weight scales every branch's contribution alike
+    block = randomized(block, seed=5)
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        z = block.rbr_dense(x) + block.rbr_1x1(x) + x
+        assert torch.allclose(block(x), block.nonlinearity(block.bn(z)), atol=1e-6)
 
 
 # --- OREPA: reference layout and branch semantics ---------------------------------------------

@@ -28,7 +28,7 @@ from utils.ops import non_max_suppression
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = (192, 160)  # h, w: not square on purpose (bus.jpg is portrait)
 BATCH = 2
-CFGS = ["yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml"]
+CFGS = ["yolov5s_RepVGG.yaml", "yolov5s_QARepVGG.yaml", "yolov5s_OREPA.yaml"]
 NAMES = [f"thing{i}" for i in range(80)]
 FP32_RTOL = 1e-4  # max |difference| / max |reference| (tests/helpers.rel_error); measured: about 2e-6
 FP16_RTOL = 1e-2  # OpenVINO FP16 weights; measured: about 1e-3
@@ -59,7 +59,7 @@ def random_model(cfg: str, seed: int = 0) -> Model:
     return model
 
 
-@pytest.fixture(scope="module", params=CFGS, ids=["RepVGG", "OREPA"])
+@pytest.fixture(scope="module", params=CFGS, ids=["RepVGG", "QARepVGG", "OREPA"])
 def checkpoint(request, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp(Path(request.param).stem) / "model.pt"
     save_checkpoint(path, random_model(request.param))

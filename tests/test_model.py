@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import randomize_batchnorm_, rel_error
-from models.common import OREPA, RepVGGBlock
+from models.common import OREPA, QARepVGGBlock, RepVGGBlock
 from models.yolo import Detect, Model, resolve_cfg
 from utils.torch_utils import count_flops
 from yolov5_reference import REFERENCE_PATH, seeded_state_dict
@@ -60,7 +60,8 @@ def test_yolov5s_gflops_match_published():
     assert 16.0 < gflops < 16.8  # YOLOv5 v7.0 reports 16.5 at 640
 
 
-@pytest.mark.parametrize("cfg,block", [("yolov5s_RepVGG.yaml", RepVGGBlock), ("yolov5s_OREPA.yaml", OREPA)])
+@pytest.mark.parametrize("cfg,block", [("yolov5s_RepVGG.yaml", RepVGGBlock), ("yolov5s_QARepVGG.yaml", QARepVGGBlock),
+                                       ("yolov5s_OREPA.yaml", OREPA)])
 def test_reparam_models_fold_exactly(cfg, block):
     model = randomize_batchnorm_(Model(cfg), seed=1).eval()
     x = torch.rand(2, 3, 160, 128)

@@ -203,10 +203,12 @@ class PyTorchBackend(Backend):
 
         if isinstance(weights, nn.Module):
             model = weights
-            if (fuse and not getattr(model, "is_folded", True)) or (fp16 and _dtype(model) != torch.float16):
+            copied = (fuse and not getattr(model, "is_folded", True)) or (fp16 and _dtype(model) != torch.float16)
+            if copied:
                 model = copy.deepcopy(model)
             model = model.to(device or _device(model)).eval()
             model = model.fuse() if fuse and hasattr(model, "fuse") else model
+            model = to_channels_last(model) if copied else model
         else:  # our own copy: channels-last runs convolutions faster (benchmarks/README.md)
             model = to_channels_last(load_model(weights, device or "cpu", fuse=fuse))
         self.model = model.half() if fp16 else model

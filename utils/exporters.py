@@ -46,6 +46,7 @@ class ExportContext:
     iou_thres: float = 0.45
     max_det: int = 300
     verbose: bool = False
+    int8_data: object = None  # utils.quantize.Int8Data with --int8: calibration and verification images
     exported: dict = field(default_factory=dict)  # format -> file written in this run (engine reuses the ONNX)
 
     @property
@@ -56,7 +57,7 @@ class ExportContext:
         """``<weights stem><suffix>`` beside the weights."""
         return self.weights.with_name(self.weights.stem + suffix)
 
-    def metadata(self, half: bool | None = None, end2end: bool = False) -> dict:
+    def metadata(self, half: bool | None = None, end2end: bool = False, int8: bool = False) -> dict:
         """Plain metadata written into every exported file (read back by ``utils.backends``)."""
         meta = {
             "description": "yolo-reparam detector (folded)",
@@ -71,6 +72,8 @@ class ExportContext:
         }
         if end2end:
             meta.update(conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det)
+        if int8:
+            meta.update(int8=True, calibration=f"{len(self.int8_data.calibration)} images, {self.int8_data.source}")
         return meta
 
 
@@ -245,11 +248,15 @@ def _write_onnx(ctx: ExportContext, model, im, f: Path, outputs, dynamic_axes, h
         model_onnx = onnxslim.slim(model_onnx)
         onnx.checker.check_model(model_onnx)
         LOGGER.info(f"onnxslim: {n_before} -> {len(model_onnx.graph.node)} nodes")
+    set_onnx_metadata(model_onnx, ctx.metadata(half=half, end2end=nms))
+    onnx.save(model_onnx, str(f))
+
+
+def set_onnx_metadata(model_onnx, meta: dict) -> None:
     del model_onnx.metadata_props[:]
-    for k, v in ctx.metadata(half=half, end2end=nms).items():
+    for k, v in meta.items():
         entry = model_onnx.metadata_props.add()
         entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
-    onnx.save(model_onnx, str(f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +282,9 @@ def export_openvino(ctx: ExportContext) -> Path:
 # TensorRT
 # ---------------------------------------------------------------------------------------------
 
-def _build_serialized_engine(trt, onnx_file: Path, ctx: ExportContext) -> bytes:
-    """Parse the ONNX file and build a serialized engine; every TensorRT version difference is here."""
+def _build_serialized_engine(trt, onnx_file: Path, ctx: ExportContext, int8: bool = False) -> bytes:
+    """Parse the ONNX file and build a serialized engine; every TensorRT version difference is here.
+    ``int8``: the ONNX file is a QDQ graph (explicit quantization), whose Q/DQ scales TensorRT keeps."""
     logger = trt.Logger(trt.Logger.VERBOSE if ctx.verbose else trt.Logger.INFO)
     builder = trt.Builder(logger)
     config = builder.create_builder_config()
@@ -300,6 +308,8 @@ def _build_serialized_engine(trt, onnx_file: Path, ctx: ExportContext) -> bytes:
             name = network.get_input(i).name
             profile.set_shape(name, (1, 3, ctx.stride, ctx.stride), (max(1, b // 2), 3, h, w), (b, 3, h, w))
         config.add_optimization_profile(profile)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
     if ctx.half:
         if getattr(builder, "platform_has_fast_fp16", True):  # deprecated (always true) in TensorRT 10
             config.set_flag(trt.BuilderFlag.FP16)
@@ -325,6 +335,58 @@ def export_engine(ctx: ExportContext) -> Path:
     engine = _build_serialized_engine(trt, Path(onnx_file), ctx)
     return write_engine_file(ctx.file(".engine"), ctx.metadata(end2end=ctx.nms), engine)
 
+
+# ---------------------------------------------------------------------------------------------
+# INT8 (calibrated from ctx.int8_data; see utils.quantize)
+# ---------------------------------------------------------------------------------------------
+
+def export_onnx_int8(ctx: ExportContext) -> Path:
+    """``<stem>-int8.onnx``: ONNX Runtime static QDQ quantization of a fresh fp32 ONNX of the folded model."""
+    import onnx
+
+    from utils.quantize import head_prefix, quantize_onnx
+
+    f = ctx.file("-int8.onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(ctx, Path(tmp) / "fp32.onnx", nms=False, half=False)
+        with atomic_file(f) as out:
+            quantize_onnx(fp32, out, ctx.int8_data.calibration, int(ctx.im.shape[0]), head_prefix(ctx.model))
+            model_onnx = onnx.load(str(out))
+            set_onnx_metadata(model_onnx, ctx.metadata(half=False, int8=True))
+            onnx.save(model_onnx, str(out))
+    return f
+
+
+def export_openvino_int8(ctx: ExportContext) -> Path:
+    """``<stem>_int8_openvino_model/``: NNCF post-training quantization of the fp32 IR."""
+    import openvino as ov
+
+    from utils.quantize import head_prefix, quantize_openvino
+
+    d = ctx.file("_int8_openvino_model")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = export_onnx(ctx, Path(tmp) / f"{ctx.weights.stem}.onnx", nms=False, half=False)
+        ov_model = ov.convert_model(str(onnx_file))
+    quantized = quantize_openvino(ov_model, ctx.int8_data.calibration, int(ctx.im.shape[0]), head_prefix(ctx.model))
+    with atomic_dir(d) as tmp_dir:
+        ov.save_model(quantized, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=False)
+        with open(tmp_dir / "metadata.yaml", "w", encoding="utf-8") as fh:
+            yaml.safe_dump(ctx.metadata(half=False, int8=True), fh, sort_keys=False, allow_unicode=True)
+    return d
+
+
+def export_engine_int8(ctx: ExportContext) -> Path:
+    """``<stem>-int8.engine``: TensorRT explicit quantization from the QDQ ONNX (its calibrated scales)."""
+    trt = import_tensorrt()
+    if ctx.im.device.type != "cuda":
+        raise ValueError("TensorRT export needs the model on a CUDA device: use --device 0")
+    onnx_file = ctx.exported.get("onnx int8") or export_onnx_int8(ctx)
+    LOGGER.info(f"TensorRT {trt.__version__}: building an INT8 engine from {onnx_file}")
+    engine = _build_serialized_engine(trt, Path(onnx_file), ctx, int8=True)
+    return write_engine_file(ctx.file("-int8.engine"), ctx.metadata(half=False, int8=True), engine)
+
+
+INT8_EXPORTERS = {"onnx": export_onnx_int8, "openvino": export_openvino_int8, "engine": export_engine_int8}
 
 EXPORTERS = {
     "fused": export_fused,

@@ -1,0 +1,195 @@
+"""INT8 against fp32 for plain, RepVGG, QARepVGG and OREPA models: accuracy drop and CPU latency.
+
+Run from the repository root::
+
+    python benchmarks/bench_int8.py [--cfgs yolov5s yolov5s_RepVGG yolov5s_QARepVGG yolov5s_OREPA]
+        [--epochs N] [--runs-dir DIR] [--calib-images 300] [--latency-runs 50] [--out FILE]
+
+For each config: train it on the embedded default recipe (``python train.py --cfg X``: data/shapes.yaml and
+its recommendations; ``--epochs`` shortens it; a run already in ``--runs-dir`` is reused), then export best.pt
+with ``export.py --include onnx openvino --int8 --data data/shapes.yaml`` at the recipe's image size (the
+INT8 files are verified by their detections inside export) and validate every file with ``val.py`` on the
+val split: fp32 ONNX, INT8 ONNX, fp32 OpenVINO and INT8 OpenVINO mAP50-95. Latency: the same four forms
+exported again at 640x640 (calibrated on the same images, letterboxed to 640), batch 1, median of
+``--latency-runs`` single-image runs after 10 warm-up runs, in ONNX Runtime (CPU provider) and OpenVINO (CPU),
+each with its default thread count on this machine. The CPU's INT8 instructions (AVX2 only, AVX-512 VNNI,
+AVX-VNNI, AMX) are read from /proc/cpuinfo: INT8 gains little without VNNI or AMX.
+
+``--compare-calibration`` also quantizes each model's fp32 ONNX with ONNX Runtime's MinMax, Entropy and
+Percentile calibration (same images, same settings otherwise) and validates each: how
+``utils.quantize.CALIBRATION_METHOD`` was chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from machine import cpu_name, emit  # noqa: E402  (benchmarks/machine.py)
+
+DATA = ROOT / "data" / "shapes.yaml"
+CFGS = ("yolov5s", "yolov5s_RepVGG", "yolov5s_QARepVGG", "yolov5s_OREPA")
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_flags() -> list[str]:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in INT8_FLAGS if f in flags]
+
+
+def train(cfg: str, runs_dir: Path, epochs: int | None) -> Path:
+    best = runs_dir / cfg / "weights" / "best.pt"
+    if best.exists():
+        print(f"{cfg}: reusing {best}", file=sys.stderr)
+        return best
+    cmd = [sys.executable, "train.py", "--cfg", f"{cfg}.yaml", "--project", str(runs_dir), "--name", cfg,
+           "--exist-ok", "--noplots"] + (["--epochs", str(epochs)] if epochs else [])
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"{cfg}: trained in {time.time() - t0:.0f} s", file=sys.stderr)
+    return best
+
+
+def export_forms(weights: Path, imgsz: int, calib: int) -> tuple[dict, dict]:
+    """({form: file}, {form: detection agreement}) for fp32/INT8 ONNX and OpenVINO at ``imgsz``."""
+    import export
+
+    results = export.run(weights=str(weights), include=("onnx", "openvino"), imgsz=(imgsz, imgsz), int8=True,
+                         data=str(DATA), calib_images=calib)
+    failed = [f"{r.format}: {r.error}" for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{weights} export failed: {'; '.join(failed)}")
+    files = {r.format: r.file for r in results}
+    agreement = {r.format: r.agreement for r in results if r.agreement is not None}
+    return files, agreement
+
+
+def map5095(file: Path, imgsz: int) -> float:
+    import val
+
+    metrics = val.run(data=str(DATA), weights=str(file), imgsz=imgsz, batch_size=1 if file.suffix != ".pt" else 32,
+                      workers=2, plots=False, project=str(file.parent / "val"), exist_ok=True)[0]
+    return float(metrics[3])
+
+
+METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+def compare_calibration(weights: Path, fp32_onnx: Path, imgsz: int, calib: int) -> dict:
+    """INT8 ONNX mAP50-95 for each ONNX Runtime calibration method (metadata copied from the fp32 file)."""
+    import onnx
+
+    from utils.checkpoint import load_model
+    from utils.quantize import head_prefix, load_int8_data, quantize_onnx
+
+    data = load_int8_data(str(DATA), calib, (imgsz, imgsz))
+    head = head_prefix(load_model(weights))
+    meta = list(onnx.load(str(fp32_onnx)).metadata_props)
+    out = {}
+    for method in METHODS:
+        f = weights.with_name(f"{weights.stem}-int8-{method}.onnx")
+        quantize_onnx(fp32_onnx, f, data.calibration, 1, head, method=method)
+        model = onnx.load(str(f))
+        model.metadata_props.extend(meta)
+        onnx.save(model, str(f))
+        out[method] = map5095(f, imgsz)
+    return out
+
+
+def latency_ms(file: Path, runs: int) -> float:
+    """Median single-image latency at the file's input size (batch 1), backend only."""
+    from utils.backends import load_backend
+
+    backend = load_backend(file)
+    h, w = backend.imgsz or (640, 640)
+    import torch
+
+    x = torch.rand(1, 3, h, w)
+    for _ in range(10):
+        backend(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cfgs", nargs="+", default=list(CFGS))
+    p.add_argument("--epochs", type=int, default=None, help="shorten the recipe (default: its own epochs)")
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_int8")
+    p.add_argument("--calib-images", type=int, default=300)
+    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--compare-calibration", action="store_true", help="also INT8 ONNX mAP per calibration method")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    import torch
+    import yaml
+
+    imgsz = int(yaml.safe_load(DATA.read_text())["imgsz"])
+    rows, lat_rows, calib_rows = [], [], []
+    t_all = time.time()
+    for cfg in args.cfgs:
+        best = train(cfg, args.runs_dir, args.epochs)
+        files, agree = export_forms(best, imgsz, args.calib_images)
+        m = {form: map5095(files[form], imgsz) for form in ("onnx", "onnx int8", "openvino", "openvino int8")}
+        rows.append((cfg, m, agree))
+        print(f"{cfg}: {m}", file=sys.stderr)
+        if args.compare_calibration:
+            calib_rows.append((cfg, compare_calibration(best, files["onnx"], imgsz, args.calib_images)))
+            print(f"{cfg}: calibration methods {calib_rows[-1][1]}", file=sys.stderr)
+        # latency at 640: separate copies so the accuracy files above stay at the recipe's size
+        lat_dir = args.runs_dir / cfg / "latency640"
+        lat_dir.mkdir(parents=True, exist_ok=True)
+        lat_weights = lat_dir / "best.pt"
+        lat_weights.write_bytes(best.read_bytes())
+        lfiles, _ = export_forms(lat_weights, 640, min(args.calib_images, 64))
+        lat = {form: latency_ms(lfiles[form], args.latency_runs) for form in ("onnx", "onnx int8", "openvino", "openvino int8")}
+        lat_rows.append((cfg, lat))
+        print(f"{cfg}: latency {lat}", file=sys.stderr)
+
+    lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores; INT8-relevant CPU flags: {', '.join(cpu_int8_flags()) or 'none'}; "
+             f"torch {torch.__version__}, Python {platform.python_version()}", "",
+             f"Accuracy: default recipe (data/shapes.yaml{f', {args.epochs} epochs' if args.epochs else ''}), imgsz {imgsz}, "
+             f"val split, mAP50-95 from val.py; INT8 calibrated on {args.calib_images} train images "
+             f"(evenly spaced); agreement = INT8 detections against fp32 on the val images (export's check)", "",
+             "| model | fp32 ONNX | INT8 ONNX | drop | fp32 OpenVINO | INT8 OpenVINO | drop | ONNX INT8 agreement | OpenVINO INT8 agreement |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for cfg, m, agree in rows:
+        lines.append(f"| {cfg} | {m['onnx']:.4f} | {m['onnx int8']:.4f} | {(m['onnx'] - m['onnx int8']) * 100:.2f} pt | "
+                     f"{m['openvino']:.4f} | {m['openvino int8']:.4f} | {(m['openvino'] - m['openvino int8']) * 100:.2f} pt | "
+                     f"{agree['onnx int8'].share:.1%}, IoU {agree['onnx int8'].mean_iou:.3f} | "
+                     f"{agree['openvino int8'].share:.1%}, IoU {agree['openvino int8'].mean_iou:.3f} |")
+    lines += ["", f"Latency: 640x640, batch 1, median of {args.latency_runs} runs after 10 warm-up runs (ms)", "",
+              "| model | ONNX Runtime fp32 | ONNX Runtime INT8 | speed-up | OpenVINO fp32 | OpenVINO INT8 | speed-up |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for cfg, lat in lat_rows:
+        lines.append(f"| {cfg} | {lat['onnx']:.1f} | {lat['onnx int8']:.1f} | {lat['onnx'] / lat['onnx int8']:.2f}x | "
+                     f"{lat['openvino']:.1f} | {lat['openvino int8']:.1f} | {lat['openvino'] / lat['openvino int8']:.2f}x |")
+    if calib_rows:
+        lines += ["", "Calibration method (INT8 ONNX mAP50-95; fp32 ONNX in the first table)", "",
+                  "| model | " + " | ".join(METHODS) + " |", "| --- |" + " --- |" * len(METHODS)]
+        for cfg, res in calib_rows:
+            lines.append(f"| {cfg} | " + " | ".join(f"{res[mth]:.4f}" for mth in METHODS) + " |")
+    lines.append(f"\nTotal: {(time.time() - t_all) / 60:.1f} min")
+    emit(lines, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""INT8 exports (export.py --int8): calibrated from the data, verified by detections, runnable by val/detect."""
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+import export
+import val
+from utils.backends import load_backend
+from utils.checkpoint import load_model
+from utils.quantize import MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, head_prefix, load_int8_data, verify_int8
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def int8_exports(shapes_trained, tmp_path_factory):
+    """The default recipe's trained model exported to fp32 and INT8 ONNX and OpenVINO at its image size."""
+    run, _, data = shapes_trained
+    weights = tmp_path_factory.mktemp("int8") / "best.pt"
+    shutil.copy(run / "weights" / "best.pt", weights)
+    results = export.run(weights=str(weights), include=("onnx", "openvino"), imgsz=(160, 160), int8=True,
+                         data=str(data), calib_images=64)
+    return {r.format: r for r in results}, weights, data
+
+
+def test_int8_onnx_and_openvino_are_written_and_verified_by_detections(int8_exports):
+    results, weights, _ = int8_exports
+    assert [r for r in results.values() if not r.ok] == []
+    assert set(results) == {"onnx", "onnx int8", "openvino", "openvino int8"}
+    assert results["onnx int8"].file == weights.with_name("best-int8.onnx")
+    assert results["openvino int8"].file == weights.with_name("best_int8_openvino_model")
+    for fmt in ("onnx int8", "openvino int8"):
+        a = results[fmt].agreement
+        print(f"{fmt}: {a}")
+        assert a.reference > 20 and a.share >= MIN_MATCHED and a.mean_iou >= MIN_MEAN_IOU
+    assert results["onnx int8"].size_mb < 0.5 * results["onnx"].size_mb  # INT8 weights
+
+
+def test_int8_onnx_quantizes_convolutions_and_keeps_the_head_in_float(int8_exports):
+    results, weights, _ = int8_exports
+    prefix = head_prefix(load_model(weights))  # '/model.22/' for the default yolov5s_RepVGG
+    graph = onnx.load(str(results["onnx int8"].file)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
+    producers = {o: n for n in graph.node for o in n.output}
+    head = [n for n in graph.node if n.name.startswith(prefix)]
+    head_convs = [n for n in head if n.op_type == "Conv"]
+    assert len(head_convs) == 3
+    initializers = {i.name: i for i in graph.initializer}
+    for conv in head_convs:  # float weights, not a DequantizeLinear of INT8 ones
+        w = conv.input[1]
+        assert w in initializers and initializers[w].data_type == onnx.TensorProto.FLOAT, conv.name
+    # the decoding (Sigmoid and the grid/anchor arithmetic) gets no quantized input
+    for n in head:
+        if n.op_type != "Conv":
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input), n.name
+    other_convs = [n for n in graph.node if n.op_type == "Conv" and not n.name.startswith(prefix)]
+    assert other_convs and all(producers[n.input[1]].op_type == "DequantizeLinear" for n in other_convs)
+    meta = {p.key: p.value for p in onnx.load(str(results["onnx int8"].file)).metadata_props}
+    assert meta["int8"] == "true" and "64 images" in meta["calibration"]
+
+
+def test_val_reports_map_for_each_int8_file(int8_exports):
+    """val.py runs INT8 files like any other format; the accuracy stays near the fp32 export's."""
+    results, _, data = int8_exports
+    maps = {}
+    for fmt in ("onnx", "onnx int8", "openvino int8"):
+        maps[fmt] = val.run(data=str(data), weights=str(results[fmt].file), imgsz=160, batch_size=1, workers=0,
+                            plots=False, project=str(results[fmt].file.parent / "val"), name=fmt.replace(" ", "_"))[0][3]
+    print(maps)
+    assert maps["onnx"] > 0.1
+    for fmt in ("onnx int8", "openvino int8"):
+        assert abs(maps[fmt] - maps["onnx"]) < 0.03, maps
+
+
+def test_verification_fails_when_int8_loses_the_detections(int8_exports):
+    """The check is not a formality: a model whose box outputs are off fails it with the figures."""
+    results, weights, data = int8_exports
+    reference = load_model(weights, fuse=True)
+    int8_data = load_int8_data(str(data), 8, (160, 160))
+    broken = copy.deepcopy(reference)
+    head = broken.model[-1]
+    with torch.no_grad():
+        for conv in head.m:
+            conv.bias.view(head.na, -1)[:, :2] += 1.5  # shift every box centre by ~a cell
+    with pytest.raises(QuantizationError, match="loses too much"):
+        verify_int8(reference, load_backend(broken, fuse=False), int8_data.verification, 1, "shifted boxes")
+    ok = verify_int8(reference, load_backend(results["onnx int8"].file), int8_data.verification, 1, "onnx int8")
+    assert ok.share >= MIN_MATCHED
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_int8_without_data_fails_before_any_export(int8_exports, tmp_path):
+    _, weights, _ = int8_exports
+    w = tmp_path / "w.pt"
+    shutil.copy(weights, w)
+    done = run_export("--weights", str(w), "--include", "onnx", "--int8")
+    assert done.returncode == 1 and "--int8 needs --data" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
+
+
+def test_int8_with_unreadable_images_fails_before_any_export(int8_exports, tmp_path):
+    _, weights, _ = int8_exports
+    w = tmp_path / "w.pt"
+    shutil.copy(weights, w)
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for i in range(3):
+        (images / f"broken{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    data = tmp_path / "broken.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path / "data"), "train": "images", "val": "images",
+                                    "names": ["circle", "square", "triangle"]}))
+    done = run_export("--weights", str(w), "--include", "onnx", "openvino", "--int8", "--data", str(data))
+    assert done.returncode == 1 and "none of the 3" in done.stderr and "could be read" in done.stderr
+    assert "Traceback" not in done.stderr and "exporting" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml", "data", "w.pt"]
+
+
+def test_calibration_images_are_letterboxed_as_inference_does(shapes_trained):
+    """Calibration input equals what detect/val feed the exported model: letterbox to the export size, RGB."""
+    import cv2
+
+    from utils.augmentations import letterbox
+    from utils.dataloaders import list_image_files
+    from utils.dataset_config import check_dataset
+
+    _, _, data = shapes_trained
+    d = load_int8_data(str(data), 5, (160, 160))
+    files = list_image_files(check_dataset(str(data))["train"])
+    first = letterbox(cv2.imread(files[0]), (160, 160), auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
+    assert len(d.calibration) == 5 and np.array_equal(d.calibration[0], first)
+    assert d.calibration[0].shape == (3, 160, 160) and d.calibration[0].dtype == np.uint8

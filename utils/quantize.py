@@ -1,0 +1,230 @@
+"""INT8 post-training quantization of folded models (``export.py --int8``), and its verification.
+
+Calibration images come from the data YAML's train split (its val split if train is absent), evenly spaced
+over it and letterboxed exactly as export and inference do (``letterbox(..., auto=False)`` to the export
+size, RGB, 0-1). The convolutions are quantized; the detection head (its output convolutions and the
+decoding after them: sigmoid, grid and anchor arithmetic, the concatenated boxes-and-scores output) stays in
+floating point, since one INT8 scale cannot hold pixel coordinates and probabilities together.
+
+- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8 weights, INT8 activations,
+  on the fp32 graph after ``quant_pre_process`` (shape inference and graph optimisation). The calibration
+  method was chosen by measurement (benchmarks/README.md, "INT8"): ``CALIBRATION_METHOD``.
+- OpenVINO: NNCF post-training quantization of the IR converted from the fp32 ONNX.
+- TensorRT: built from the QDQ ONNX (explicit quantization), see ``utils.exporters``.
+
+Every INT8 file is verified against the fp32 folded model by the detections both make on real images
+(the data's val images): the share of fp32 detections the INT8 model also makes (same class, IoU >= 0.5)
+and their mean IoU must reach ``MIN_MATCHED`` and ``MIN_MEAN_IOU``.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+
+from utils.augmentations import letterbox
+from utils.dataloaders import list_image_files
+from utils.dataset_config import check_dataset
+from utils.general import LOGGER
+from utils.ops import non_max_suppression
+
+CALIBRATION_METHOD = "MinMax"  # measured against Entropy and Percentile: benchmarks/README.md, "INT8"
+MIN_MATCHED, MIN_MEAN_IOU = 0.80, 0.80  # verification levels: share of fp32 detections kept, their mean IoU
+VERIFY_CONF, VERIFY_IOU, MATCH_IOU = 0.25, 0.45, 0.5
+VERIFY_IMAGES = 64
+
+
+class QuantizationError(RuntimeError):
+    """INT8 export cannot start or its result does not reproduce the fp32 model's detections."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+def _evenly_spaced(files: list[str], n: int) -> list[str]:
+    if len(files) <= n:
+        return files
+    return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
+
+
+def _load_letterboxed(files: list[str], hw: tuple[int, int], what: str) -> tuple[list[np.ndarray], int]:
+    """(uint8 RGB CHW images letterboxed to ``hw``, count of files that could not be read)."""
+    images, bad = [], 0
+    for f in files:
+        im0 = cv2.imread(f)
+        if im0 is None:
+            bad += 1
+            continue
+        im = letterbox(im0, hw, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
+        images.append(np.ascontiguousarray(im))
+    if not images:
+        raise QuantizationError(f"none of the {len(files)} {what} images could be read (e.g. {files[0]})")
+    if bad:
+        LOGGER.warning(f"WARNING {bad} of {len(files)} {what} images could not be read and are skipped")
+    return images, bad
+
+
+@dataclass
+class Int8Data:
+    """Calibration and verification images, loaded before any export starts."""
+
+    calibration: list[np.ndarray]
+    verification: list[np.ndarray]
+    source: str  # where the calibration images came from, for the log
+
+
+def load_int8_data(data, n_calib: int, hw: tuple[int, int]) -> Int8Data:
+    """Read calibration images (train split, else val) and verification images (val split, else train)."""
+    if not data:
+        raise QuantizationError("--int8 needs --data: a dataset YAML whose train (or val) images calibrate "
+                                "the INT8 scales, e.g. --data data/shapes.yaml")
+    if n_calib < 1:
+        raise QuantizationError(f"--calib-images must be >= 1, got {n_calib}")
+    cfg = check_dataset(data)
+    splits = [s for s in ("train", "val") if cfg.get(s)]
+    if not splits:
+        raise QuantizationError(f"{data} names neither a train nor a val split")
+    calib_split, verify_split = splits[0], splits[-1]
+    files = list_image_files(cfg[calib_split])
+    if not files:
+        raise QuantizationError(f"no images in the {calib_split} split of {data}")
+    calibration, _ = _load_letterboxed(_evenly_spaced(files, n_calib), hw, f"{calib_split} (calibration)")
+    vfiles = files if verify_split == calib_split else list_image_files(cfg[verify_split])
+    verification, _ = _load_letterboxed(_evenly_spaced(vfiles, VERIFY_IMAGES), hw, f"{verify_split} (verification)")
+    LOGGER.info(f"INT8: {len(calibration)} calibration images from the {calib_split} split, {len(verification)} "
+                f"verification images from the {verify_split} split of {data}")
+    return Int8Data(calibration, verification, f"{calib_split} split of {data}")
+
+
+def batches(images: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """float32 0-1 batches of ``batch`` images (the last one padded by repeating images)."""
+    out = []
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        chunk = chunk + [chunk[j % len(chunk)] for j in range(batch - len(chunk))]
+        out.append(np.stack(chunk).astype(np.float32) / 255)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizers
+# ---------------------------------------------------------------------------------------------
+
+def head_prefix(model: torch.nn.Module) -> str:
+    """ONNX node-name prefix of the detection head (TorchScript-based exporter: '/model.24/...')."""
+    return f"/model.{len(model.model) - 1}/"
+
+
+def quantize_onnx(fp32_onnx: Path, out: Path, images: list[np.ndarray], batch: int, head: str,
+                  method: str = CALIBRATION_METHOD) -> Path:
+    """ONNX Runtime static INT8 (QDQ, per-channel weights) of ``fp32_onnx``'s convolutions outside ``head``."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name: str):
+            self.name, self.items = name, iter(batches(images, batch))
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {self.name: x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre)).graph
+        excluded = [n.name for n in graph.node if n.name.startswith(head)]
+        if not excluded:
+            raise QuantizationError(f"no node of the detection head ({head}*) in {fp32_onnx}: cannot keep it in float")
+        quantize_static(str(pre), str(out), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                        calibrate_method=getattr(CalibrationMethod, method),
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    return out
+
+
+def quantize_openvino(ov_model, images: list[np.ndarray], batch: int, head: str):
+    """NNCF post-training INT8 of an OpenVINO model's convolutions outside ``head``."""
+    try:
+        import nncf
+    except ImportError as e:
+        raise QuantizationError("OpenVINO INT8 needs NNCF: pip install nncf") from e
+    items = batches(images, batch)
+    ignored = nncf.IgnoredScope(patterns=[f"^{head.replace('.', '[.]')}.*"], validate=False)
+    return nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED,
+                         ignored_scope=ignored)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class DetectionAgreement:
+    reference: int  # fp32 detections
+    matched: int  # of those, also found by the INT8 model (same class, IoU >= MATCH_IOU)
+    mean_iou: float  # over the matched ones
+    extra: int  # INT8 detections matching no fp32 one
+
+    @property
+    def share(self) -> float:
+        return self.matched / self.reference if self.reference else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.matched}/{self.reference} fp32 detections matched ({self.share:.1%}), mean IoU "
+                f"{self.mean_iou:.3f}, {self.extra} extra")
+
+
+def match(ref: torch.Tensor, out: torch.Tensor) -> tuple[int, list[float], int]:
+    """Greedy one-to-one matching of (n, 6) detections, highest fp32 confidence first."""
+    if not len(ref) or not len(out):
+        return 0, [], len(out)
+    iou = torchvision.ops.box_iou(ref[:, :4], out[:, :4])
+    iou[ref[:, 5:6] != out[:, 5].unsqueeze(0)] = 0
+    free = torch.ones(len(out), dtype=torch.bool)
+    ious = []
+    for i in ref[:, 4].argsort(descending=True).tolist():
+        row = torch.where(free, iou[i], torch.zeros_like(iou[i]))
+        j = int(row.argmax())
+        if row[j] >= MATCH_IOU:
+            free[j] = False
+            ious.append(float(row[j]))
+    return len(ious), ious, int(free.sum())
+
+
+def compare_detections(reference, candidate, images: list[np.ndarray], batch: int) -> DetectionAgreement:
+    """Detections of ``candidate`` (a backend) against ``reference`` (the fp32 folded model) on ``images``."""
+    device = next(reference.parameters()).device
+    n_ref = n_match = extra = 0
+    ious: list[float] = []
+    for x in batches(images, batch):
+        im = torch.from_numpy(x).to(device)
+        with torch.no_grad():
+            ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU)  # eval output or export tensor
+        out = non_max_suppression(candidate(im), VERIFY_CONF, VERIFY_IOU)
+        for r, o in zip(ref, out):
+            m, i, e = match(r.cpu(), o.cpu())
+            n_ref, n_match, extra = n_ref + len(r), n_match + m, extra + e
+            ious += i
+    return DetectionAgreement(n_ref, n_match, float(np.mean(ious)) if ious else 0.0, extra)
+
+
+def verify_int8(reference, candidate, images: list[np.ndarray], batch: int, what: str) -> DetectionAgreement:
+    agreement = compare_detections(reference, candidate, images, batch)
+    LOGGER.info(f"{what}: against the fp32 model on {len(images)} images: {agreement}")
+    if agreement.reference == 0:
+        raise QuantizationError(f"{what}: the fp32 model detects nothing (conf {VERIFY_CONF}) on the verification "
+                                "images, so the INT8 model cannot be checked; export a trained model")
+    if agreement.share < MIN_MATCHED or agreement.mean_iou < MIN_MEAN_IOU:
+        raise QuantizationError(f"{what} loses too much: {agreement} (needs >= {MIN_MATCHED:.0%} matched and mean "
+                                f"IoU >= {MIN_MEAN_IOU})")
+    return agreement
