@@ -10,14 +10,15 @@ import ast
 import copy
 import inspect
 import math
-import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QARepVGGBlock, RepVGGBlock
+from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
+from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv, fold_implicit
 from utils.general import LOGGER, ROOT, excerpt, load_yaml, make_divisible, setup_logging
 from utils.torch_utils import initialize_weights, model_summary
 
@@ -48,7 +49,7 @@ class Detect(nn.Module):
     def forward(self, x: list[Tensor]):
         z = []
         for i in range(self.nl):
-            x[i] = self.m[i](x[i])
+            x[i] = self._level_conv(i, x[i])
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
@@ -60,6 +61,10 @@ class Detect(nn.Module):
         if self.training:
             return x
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
+
+    def _level_conv(self, i: int, x: Tensor) -> Tensor:
+        """The raw prediction map of level ``i`` (subclasses wrap the conv, see IDetect)."""
+        return self.m[i](x)
 
     def _grid(self, nx: int, ny: int, i: int) -> Tensor:
         """Cell offsets (1, na, ny, nx, 2), cached per level. They depend only on the map's size and the
@@ -81,6 +86,53 @@ class Detect(nn.Module):
         return (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2)
 
 
+class IDetect(Detect, Reparameterizable):
+    """YOLOv7's head: ``Detect`` with YOLOR implicit layers, ``m[i](x + ia[i]) * im[i]`` per level.
+
+    State dict as YOLOv7's (``anchors``, ``anchor_grid``, ``m.*``, ``ia.*.implicit``, ``im.*.implicit``).
+    It is re-parameterizable: ``fold()`` merges both implicit layers into each level's 1x1 conv and drops
+    them (``deploy=True`` builds that layout directly). Unlike single-conv blocks it folds ``nl`` convs,
+    so it implements ``fold()`` itself instead of the one-conv hooks; ``Model.fuse()`` calls it like any
+    other block.
+    """
+
+    def __init__(self, nc=80, anchors=(), ch=(), inplace=True, deploy=False):
+        super().__init__(nc, anchors, ch, inplace)
+        self.deploy = deploy
+        # YOLOv7 decodes with this pixel-unit copy of the anchors; here it is kept only for YOLOv7's state
+        # dict (decoding uses anchors * stride, like Detect) and refreshed whenever a state dict is taken
+        self.register_buffer("anchor_grid", self.anchors.clone().view(self.nl, 1, -1, 1, 1, 2))
+        self.register_state_dict_pre_hook(IDetect._sync_anchor_grid)
+        if not deploy:
+            self.ia = nn.ModuleList(ImplicitA(x) for x in ch)
+            self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in ch)
+
+    def _level_conv(self, i: int, x: Tensor) -> Tensor:
+        if self.deploy:
+            return self.m[i](x)
+        return self.im[i](self.m[i](self.ia[i](x)))
+
+    @staticmethod
+    @torch.no_grad()
+    def _sync_anchor_grid(module: "IDetect", prefix: str, keep_vars: bool) -> None:
+        """Write the current anchors (AutoAnchor may have changed them) into ``anchor_grid`` in pixels."""
+        if bool((module.stride > 0).all()):  # strides are known once Model() has probed them
+            module.anchor_grid.copy_((module.anchors * module.stride.view(-1, 1, 1)).view_as(module.anchor_grid))
+
+    @torch.no_grad()
+    def fold(self) -> "IDetect":
+        """Merge ``ia``/``im`` into the output convs in place (in fp32); idempotent."""
+        if self.deploy:
+            return self
+        for conv, ia, im in zip(self.m, self.ia, self.im):
+            w, b = fold_implicit(conv.weight.float(), conv.bias.float(), ia.implicit.float(), im.implicit.float())
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+        del self.ia, self.im
+        self.deploy = True
+        return self
+
+
 # ---------------------------------------------------------------------------------------------
 # Config parsing
 # ---------------------------------------------------------------------------------------------
@@ -96,17 +148,19 @@ MODULES: dict[str, type[nn.Module]] = {
     "QARepVGGBlock": QARepVGGBlock,
     "OREPA": OREPA,
     "Detect": Detect,
+    "IDetect": IDetect,
+    "MP": MP,
+    "SP": SP,
+    "SPPCSPC": SPPCSPC,
+    "RepConv": RepConv,
     "nn.Upsample": nn.Upsample,
     "nn.BatchNorm2d": nn.BatchNorm2d,
     "nn.MaxPool2d": nn.MaxPool2d,
     "nn.Identity": nn.Identity,
 }
-CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, QARepVGGBlock, OREPA)  # args start with c2; c1 is inserted
-REPEAT_INSIDE = (C3,)  # the repeat count is an argument, not a stack of copies
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    name: getattr(nn, name)
-    for name in ("SiLU", "ReLU", "ReLU6", "LeakyReLU", "Hardswish", "Mish", "GELU", "Sigmoid", "Identity")
-}
+# args start with c2; c1 is inserted
+CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, QARepVGGBlock, OREPA, RepConv, SPPCSPC)
+REPEAT_INSIDE = (C3, SPPCSPC)  # the repeat count is an argument, not a stack of copies
 NAMED_ARGS = ("nc", "anchors")  # the only names a config's arguments may refer to
 
 
@@ -132,20 +186,6 @@ def load_cfg(cfg: str | Path | dict) -> dict:
     d = load_yaml(path, "model config")
     d["yaml_file"] = path.name
     return d
-
-
-def parse_activation(spec) -> nn.Module | None:
-    """``'nn.LeakyReLU(0.1)'`` or ``'SiLU'`` -> a module, through ``ACTIVATIONS`` (never eval)."""
-    if spec is None:
-        return None
-    match = re.fullmatch(r"\s*(?:nn\.)?(\w+)\s*(?:\((.*)\))?\s*", str(spec))
-    if not match or match.group(1) not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {excerpt(spec)}; valid: {', '.join(ACTIVATIONS)}")
-    try:
-        args = ast.literal_eval(f"({match.group(2)},)") if match.group(2) else ()
-        return ACTIVATIONS[match.group(1)](*args)
-    except (ValueError, SyntaxError, TypeError) as e:
-        raise ValueError(f"bad activation arguments in {excerpt(spec)}: {excerpt(str(e))}") from None
 
 
 def _resolve_arg(a, named: dict):
@@ -177,6 +217,18 @@ def _check_signature(i: int, cls, args: list, kwargs: dict, entry) -> None:
         raise ValueError(f"layer {i} {entry}: wrong arguments for {cls.__name__}{excerpt(tuple(args))}: {excerpt(str(e))}") from None
 
 
+def _row_activation(i: int, cls, args: list, entry) -> tuple[list, dict]:
+    """YOLOv7 writes a layer's activation as its last argument (``nn.LeakyReLU(0.1)``). For a module that
+    takes ``act``, a trailing string argument is that keyword, parsed here through ``ACTIVATIONS``: in
+    YOLOv7's Conv the position is ``act``, in YOLOv5 v7.0's (ours) it is ``d``, so it cannot stay positional."""
+    if not args or not isinstance(args[-1], str) or "act" not in inspect.signature(cls).parameters:
+        return args, {}
+    try:
+        return args[:-1], {"act": parse_activation(args[-1])}
+    except ValueError as e:
+        raise ValueError(f"layer {i} {entry}: {e}") from None
+
+
 def parse_model(d: dict, ch: list[int]):
     """Build the layers of a config dict. Returns (nn.Sequential, indices whose outputs are kept)."""
     for key in ("nc", "backbone", "head"):
@@ -206,8 +258,9 @@ def parse_model(d: dict, ch: list[int]):
             raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {excerpt(args)}")
         froms = _check_from(i, f, entry)
         m = MODULES[name]
-        args = [_resolve_arg(a, named) for a in args]
-        kwargs = {"act": act} if act is not None and m in CHANNEL_MODULES else {}
+        args, kwargs = _row_activation(i, m, [_resolve_arg(a, named) for a in args], entry)
+        if act is not None and m in CHANNEL_MODULES:
+            kwargs.setdefault("act", act)  # the config-wide activation, unless the row names one
         n = max(round(n * gd), 1) if n > 1 else n
         if m in CHANNEL_MODULES:
             if len(froms) != 1 or not args:
@@ -226,7 +279,7 @@ def parse_model(d: dict, ch: list[int]):
             c2 = ch[froms[0]]
         elif m is Concat:
             c2 = sum(ch[j] for j in froms)
-        elif m is Detect:
+        elif issubclass(m, Detect):
             args.append([ch[j] for j in froms])
             if len(args) > 1 and isinstance(args[1], int):  # anchor count only: placeholders, AutoAnchor fills them
                 args[1] = [list(range(args[1] * 2))] * len(froms)

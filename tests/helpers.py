@@ -31,3 +31,16 @@ def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(rand(0.5, 1.5))
                 m.bias.copy_(rand(-0.3, 0.3))
     return model
+
+
+def assert_reference_outputs(model: nn.Module, state_dict: dict, x: torch.Tensor, ref_out: torch.Tensor,
+                             ref_raw, tol: float = 1e-5) -> None:
+    """Load ``state_dict`` strictly and check eval outputs (decoded and raw maps) against a recorded reference."""
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    with torch.no_grad():
+        out, raw = model(x)
+    assert out.shape == ref_out.shape
+    assert rel_error(ref_out, out) < tol
+    for ref, ours in zip(ref_raw, raw):
+        assert rel_error(ref, ours) < tol

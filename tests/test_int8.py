@@ -143,3 +143,38 @@ def test_calibration_images_are_letterboxed_as_inference_does(shapes_trained):
     first = letterbox(cv2.imread(files[0]), (160, 160), auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
     assert len(d.calibration) == 5 and np.array_equal(d.calibration[0], first)
     assert d.calibration[0].shape == (3, 160, 160) and d.calibration[0].dtype == np.uint8
+
+
+def test_detect_runs_int8_files_like_any_other(int8_exports, tmp_path):
+    """detect.py on the INT8 ONNX and OpenVINO models finds what the fp32 ONNX finds on real val images."""
+    import detect
+    from utils.dataloaders import list_image_files
+    from utils.dataset_config import check_dataset
+
+    results, _, data = int8_exports
+    images = list_image_files(check_dataset(str(data))["val"])[:6]
+    found = {fmt: detect.run(weights=str(results[fmt].file), source=images, imgsz=(160, 160), nosave=True,
+                             project=tmp_path, name=fmt.replace(" ", "_"))
+             for fmt in ("onnx", "onnx int8", "openvino int8")}
+    ref = [r.det for r in found["onnx"]]
+    assert sum(len(d) for d in ref) >= 6
+    for fmt in ("onnx int8", "openvino int8"):
+        got = [r.det for r in found[fmt]]
+        assert [r.path for r in found[fmt]] == [r.path for r in found["onnx"]]
+        kept = sum(int((torch.from_numpy(g[:, 5]) == torch.from_numpy(r[:, 5])[:, None]).any(1).sum()) if len(g) and len(r)
+                   else 0 for r, g in zip(ref, got))  # INT8 detections of a class the fp32 model also found there
+        assert kept >= 0.8 * sum(len(d) for d in ref), fmt
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA and TensorRT the engine may build")
+def test_int8_engine_fails_clearly_and_onnx_int8_still_exports(int8_exports, tmp_path):
+    _, weights, data = int8_exports
+    w = tmp_path / "w.pt"
+    shutil.copy(weights, w)
+    done = run_export("--weights", str(w), "--include", "onnx", "engine", "--int8", "--data", str(data),
+                      "--imgsz", "160", "--calib-images", "16")
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log
+    assert "engine int8: export failed" in log and "TensorRT" in log
+    assert "onnx int8: saved" in log and w.with_name("w-int8.onnx").is_file()
+    assert not w.with_name("w-int8.engine").exists()

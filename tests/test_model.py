@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import randomize_batchnorm_, rel_error
+from helpers import assert_reference_outputs, randomize_batchnorm_, rel_error
 from models.common import OREPA, QARepVGGBlock, RepVGGBlock
 from models.yolo import Detect, Model, resolve_cfg
 from utils.torch_utils import count_flops
@@ -34,14 +34,8 @@ def test_yolov5s_has_yolov5_v7_layout(yolov5_reference):
 
 def test_yolov5_weights_load_strict_and_give_yolov5_outputs(yolov5_reference):
     model = Model("yolov5s.yaml")
-    model.load_state_dict(seeded_state_dict(model.state_dict(), seed=0), strict=True)
-    model.eval()
-    with torch.no_grad():
-        out, raw = model(yolov5_reference["input"])
-    assert out.shape == yolov5_reference["output"].shape
-    assert rel_error(yolov5_reference["output"], out) < 1e-5
-    for ref, ours in zip(yolov5_reference["raw"], raw):
-        assert rel_error(ref, ours) < 1e-5
+    assert_reference_outputs(model, seeded_state_dict(model.state_dict(), seed=0), yolov5_reference["input"],
+                             yolov5_reference["output"], yolov5_reference["raw"])
 
 
 FUSED_PARAMS = {  # YOLOv5 v7.0's "Fusing layers... summary" counts at nc=80

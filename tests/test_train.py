@@ -18,22 +18,10 @@ from conftest import COCO128_YAML
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, load_model, load_pretrained, read_checkpoint, save_checkpoint
 from utils.general import TrainingDiverged
-from utils.synthetic import generate_shapes
 from yolov5_reference import seeded_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """24 training and 8 validation images of the generated shapes dataset."""
-    root = tmp_path_factory.mktemp("tiny") / "shapes"
-    generate_shapes(root, n_train=24, n_val=8, imgsz=96, seed=3)
-    cfg = {"path": str(root), "train": "images/train", "val": "images/val", "names": ["circle", "square", "triangle"]}
-    data = root.parent / "tiny.yaml"
-    data.write_text(yaml.safe_dump(cfg))
-    return data
 
 
 def cli(data: Path, project: Path, *extra: str) -> list[str]:

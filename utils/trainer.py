@@ -29,6 +29,7 @@ from utils.dataloaders import create_dataloader
 from utils.evaluator import validate
 from utils.general import LOGGER, TrainingDiverged
 from utils.loss import ComputeLoss
+from utils.loss_ota import ComputeLossOTA
 from utils.metrics import class_weights, fitness, image_weights
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, smart_optimizer, to_channels_last
@@ -100,7 +101,9 @@ class Trainer:
         self.train_loader, self.dataset, self.val_loader = self._build_data()
         self.model = self._wrap_distributed(self.model)
         self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
-        self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)
+        self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)  # validation, and training by default
+        # YOLOv7's switch: train with the OTA assignment; validation losses stay ComputeLoss's (as YOLOv7's test.py)
+        self.loss_ota = ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if self.hyp.get("loss_ota") else None
         self.stopper = EarlyStopping(patience=opt.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
@@ -282,6 +285,9 @@ class Trainer:
         """Forward and loss for one batch, under autocast when AMP is on: (loss, loss items)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             pred = self.model(imgs)
+            if self.loss_ota is not None:
+                loss, items = self.loss_ota(pred, targets.to(self.device), imgs)
+                return loss, items[:3]  # YOLOv7's 4th item is the total, which the results have no column for
             return self.compute_loss(pred, targets.to(self.device))
 
     def backward(self, loss: torch.Tensor) -> None:

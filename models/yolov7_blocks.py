@@ -1,0 +1,134 @@
+"""YOLOv7's building blocks, with YOLOv7's names, signatures and state-dict layout.
+
+A state dict saved by the official YOLOv7 code loads into these with ``strict=True``: ``MP``/``SP``
+(parameter-free pools), ``SPPCSPC`` (``cv1``..``cv7``, ``m``), ``RepConv`` (``rbr_dense``/``rbr_1x1``
+as ``Sequential(conv, bn)`` keyed ``0``/``1``, ``rbr_identity``, folded ``rbr_reparam``) and the YOLOR
+implicit layers (``implicit``). The ``IDetect`` head that uses the implicit layers lives with
+``Detect`` in ``models/yolo.py``; its fold is ``fold_implicit`` below.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.common import Conv, RepVGGBlock
+from models.layers import autopad
+
+
+class MP(nn.Module):
+    """Max-pool with kernel = stride = ``k`` (YOLOv7's down-sampling branch)."""
+
+    def __init__(self, k=2):
+        super().__init__()
+        self.m = nn.MaxPool2d(kernel_size=k, stride=k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.m(x)
+
+
+class SP(nn.Module):
+    """Max-pool that keeps the size at stride 1 ('same' padding ``k // 2``), as in YOLOv7-tiny's SPP."""
+
+    def __init__(self, k=3, s=1):
+        super().__init__()
+        self.m = nn.MaxPool2d(kernel_size=k, stride=s, padding=k // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.m(x)
+
+
+class SPPCSPC(nn.Module):
+    """YOLOv7's CSP spatial-pyramid-pooling block: a 1-3-1 conv stack, parallel max-pools (5, 9, 13),
+    a 1-3 conv stack, concatenated with a 1x1 shortcut branch and merged by a last 1x1 conv.
+
+    ``n`` and ``shortcut`` are unused, kept so YOLOv7's configs and the repeat-inside rule apply;
+    ``act`` is an addition (YOLOv7 always uses the default SiLU) so a config-wide activation reaches it.
+    """
+
+    def __init__(self, c1, c2, n=1, shortcut=False, g=1, e=0.5, k=(5, 9, 13), act=True):
+        super().__init__()
+        c_ = int(2 * c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1, act=act)
+        self.cv2 = Conv(c1, c_, 1, 1, act=act)
+        self.cv3 = Conv(c_, c_, 3, 1, act=act)
+        self.cv4 = Conv(c_, c_, 1, 1, act=act)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
+        self.cv5 = Conv(4 * c_, c_, 1, 1, act=act)
+        self.cv6 = Conv(c_, c_, 3, 1, act=act)
+        self.cv7 = Conv(2 * c_, c2, 1, 1, act=act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1 = self.cv4(self.cv3(self.cv1(x)))
+        y1 = self.cv6(self.cv5(torch.cat([x1, *(m(x1) for m in self.m)], 1)))
+        return self.cv7(torch.cat((y1, self.cv2(x)), 1))
+
+
+class IndexedConvBN(nn.Sequential):
+    """``Sequential(conv, bn)`` keyed ``0``/``1`` (YOLOv7's layout) that also answers to ``.conv``/``.bn``,
+    the names ``RepVGGBlock``'s fold reads, so ``RepConv`` reuses that fold unchanged."""
+
+    def __init__(self, c1, c2, k, s, p, g=1):
+        super().__init__(nn.Conv2d(c1, c2, k, s, p, groups=g, bias=False), nn.BatchNorm2d(c2))
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[1]
+
+
+class RepConv(RepVGGBlock):
+    """YOLOv7's RepConv: a RepVGG block (kxk conv-BN + 1x1 conv-BN + identity BN when c1 == c2 and s == 1)
+    with YOLOv7's signature and branch layout. Folds, like ``RepVGGBlock``, into ``rbr_reparam``.
+
+    YOLOv7 only allows k=3 with 'same' padding; any odd k with 'same' padding works here.
+    """
+
+    def __init__(self, c1, c2, k=3, s=1, p=None, g=1, act=True, deploy=False):
+        if k % 2 == 0 or autopad(k, p) != k // 2:
+            raise ValueError(f"RepConv needs an odd kernel with 'same' padding {k // 2}, got k={k}, p={p}")
+        super().__init__(c1, c2, k, s, p, g, 1, act, deploy)
+        if not deploy:  # same slots as RepVGGBlock's branches, so the state-dict order stays YOLOv7's
+            self.rbr_dense = IndexedConvBN(c1, c2, k, s, self.p, g)
+            self.rbr_1x1 = IndexedConvBN(c1, c2, 1, s, 0, g)
+
+
+class ImplicitA(nn.Module):
+    """YOLOR's learned per-channel offset, added to the input of a detection conv."""
+
+    def __init__(self, channel, mean=0.0, std=0.02):
+        super().__init__()
+        self.channel, self.mean, self.std = channel, mean, std
+        self.implicit = nn.Parameter(torch.empty(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.implicit + x
+
+
+class ImplicitM(nn.Module):
+    """YOLOR's learned per-channel scale, multiplied onto the output of a detection conv."""
+
+    def __init__(self, channel, mean=1.0, std=0.02):
+        super().__init__()
+        self.channel, self.mean, self.std = channel, mean, std
+        self.implicit = nn.Parameter(torch.empty(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.implicit * x
+
+
+def fold_implicit(weight: Tensor, bias: Tensor, add: Tensor, mul: Tensor) -> tuple[Tensor, Tensor]:
+    """(kernel, bias) of ``mul * conv(x + add)`` for a 1x1 ``conv`` with ``weight``/``bias``.
+
+    ``conv(x + add) = conv(x) + W @ add`` (exact for 1x1 kernels only: a padded kxk conv would see
+    the offset at the borders differently), then the per-output-channel ``mul`` scales both terms.
+    """
+    if weight.shape[-2:] != (1, 1):
+        raise ValueError(f"implicit layers fold into 1x1 convolutions only, got a {tuple(weight.shape[-2:])} kernel")
+    bias = bias + weight.flatten(1) @ add.flatten()
+    scale = mul.flatten()
+    return weight * scale.view(-1, 1, 1, 1), bias * scale
