@@ -95,27 +95,31 @@ class RepConv(RepVGGBlock):
             self.rbr_1x1 = IndexedConvBN(c1, c2, 1, s, 0, g)
 
 
-class ImplicitA(nn.Module):
-    """YOLOR's learned per-channel offset, added to the input of a detection conv."""
+class _Implicit(nn.Module):
+    """A learned per-channel tensor (1, c, 1, 1) initialised around ``mean`` (YOLOR's implicit knowledge)."""
 
-    def __init__(self, channel, mean=0.0, std=0.02):
+    def __init__(self, channel, mean, std=0.02):
         super().__init__()
         self.channel, self.mean, self.std = channel, mean, std
         self.implicit = nn.Parameter(torch.empty(1, channel, 1, 1))
         nn.init.normal_(self.implicit, mean=mean, std=std)
+
+
+class ImplicitA(_Implicit):
+    """YOLOR's learned per-channel offset, added to the input of a detection conv."""
+
+    def __init__(self, channel, mean=0.0, std=0.02):
+        super().__init__(channel, mean, std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.implicit + x
 
 
-class ImplicitM(nn.Module):
+class ImplicitM(_Implicit):
     """YOLOR's learned per-channel scale, multiplied onto the output of a detection conv."""
 
     def __init__(self, channel, mean=1.0, std=0.02):
-        super().__init__()
-        self.channel, self.mean, self.std = channel, mean, std
-        self.implicit = nn.Parameter(torch.empty(1, channel, 1, 1))
-        nn.init.normal_(self.implicit, mean=mean, std=std)
+        super().__init__(channel, mean, std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.implicit * x
