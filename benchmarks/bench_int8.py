@@ -50,11 +50,12 @@ def cpu_int8_flags() -> list[str]:
 
 
 def train(cfg: str, runs_dir: Path, epochs: int | None) -> Path:
-    best = runs_dir / cfg / "weights" / "best.pt"
+    name = f"{cfg}-{epochs}ep" if epochs else cfg  # a shortened run is never reused as the full recipe
+    best = runs_dir / name / "weights" / "best.pt"
     if best.exists():
         print(f"{cfg}: reusing {best}", file=sys.stderr)
         return best
-    cmd = [sys.executable, "train.py", "--cfg", f"{cfg}.yaml", "--project", str(runs_dir), "--name", cfg,
+    cmd = [sys.executable, "train.py", "--cfg", f"{cfg}.yaml", "--project", str(runs_dir), "--name", name,
            "--exist-ok", "--noplots"] + (["--epochs", str(epochs)] if epochs else [])
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
             calib_rows.append((cfg, compare_calibration(best, files["onnx"], imgsz, args.calib_images)))
             print(f"{cfg}: calibration methods {calib_rows[-1][1]}", file=sys.stderr)
         # latency at 640: separate copies so the accuracy files above stay at the recipe's size
-        lat_dir = args.runs_dir / cfg / "latency640"
+        lat_dir = best.parents[1] / "latency640"
         lat_dir.mkdir(parents=True, exist_ok=True)
         lat_weights = lat_dir / "best.pt"
         lat_weights.write_bytes(best.read_bytes())

@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
+import utils.ops
 import val
 from conftest import COCO128_YAML
 from utils.checkpoint import load_model, save_checkpoint
+from utils.ops import non_max_suppression
 
 
 @pytest.mark.slow
@@ -43,6 +45,31 @@ def test_folded_checkpoint_validates_like_unfolded(coco128_run, tmp_path):
     assert torch.load(folded, weights_only=True)["folded"]
     assert r1[:4] == pytest.approx(r2[:4], abs=1e-4)
     assert m1 == pytest.approx(m2, abs=1e-4)
+
+
+class _BusyClock:
+    """Stands in for utils.ops' ``time`` module: 10 s pass between any two readings, as if the machine were
+    so loaded that NMS's time budget (0.5 + 0.05 * batch size seconds) always runs out."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def time(self) -> float:
+        self.now += 10.0
+        return self.now
+
+
+@pytest.mark.slow
+def test_validation_metrics_do_not_depend_on_machine_load(coco128_run, tmp_path, monkeypatch):
+    """YOLOv5's val gives up on a batch's remaining images when NMS is slow; ours scores every image."""
+    kw = dict(data=str(COCO128_YAML), weights=str(coco128_run / "weights" / "best.pt"), imgsz=96, batch_size=32,
+              workers=0, conf_thres=1e-5, plots=False, project=str(tmp_path))
+    calm = val.run(name="calm", **kw)[0]
+    monkeypatch.setattr(utils.ops, "time", _BusyClock())
+    candidates = torch.cat([torch.rand(4, 20, 4) * 50 + 10, torch.full((4, 20, 2), 0.9)], 2)
+    assert [len(x) > 0 for x in non_max_suppression(candidates)] == [True, False, False, False]  # budget spent
+    busy = val.run(name="busy", **kw)[0]
+    assert calm[2] > 0 and busy == calm
 
 
 def test_val_rejects_bad_cli_values():

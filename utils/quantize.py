@@ -18,6 +18,7 @@ and their mean IoU must reach ``MIN_MATCHED`` and ``MIN_MEAN_IOU``.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from utils.dataset_config import check_dataset
 from utils.general import LOGGER
 from utils.ops import non_max_suppression
 
-CALIBRATION_METHOD = "MinMax"  # measured against Entropy and Percentile: benchmarks/README.md, "INT8"
+CALIBRATION_METHOD = "Percentile"  # 99.999th; measured against MinMax and Entropy: benchmarks/README.md, "INT8"
 MIN_MATCHED, MIN_MEAN_IOU = 0.80, 0.80  # verification levels: share of fp32 detections kept, their mean IoU
 VERIFY_CONF, VERIFY_IOU, MATCH_IOU = 0.25, 0.45, 0.5
 VERIFY_IMAGES = 64
@@ -209,8 +210,9 @@ def compare_detections(reference, candidate, images: list[np.ndarray], batch: in
     for x in batches(images, batch):
         im = torch.from_numpy(x).to(device)
         with torch.no_grad():
-            ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU)  # eval output or export tensor
-        out = non_max_suppression(candidate(im), VERIFY_CONF, VERIFY_IOU)
+            # no NMS time budget: the verdict must not depend on machine load
+            ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU, time_limit=math.inf)
+        out = non_max_suppression(candidate(im), VERIFY_CONF, VERIFY_IOU, time_limit=math.inf)
         for r, o in zip(ref, out):
             m, i, e = match(r.cpu(), o.cpu())
             n_ref, n_match, extra = n_ref + len(r), n_match + m, extra + e
