@@ -17,7 +17,8 @@ import export
 import val
 from utils.backends import load_backend
 from utils.checkpoint import load_model
-from utils.quantize import MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, head_prefix, load_int8_data, verify_int8
+from utils.quantize import (MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, head_prefix, load_int8_data, quantize_onnx,
+                            verify_int8)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +69,37 @@ def test_int8_onnx_quantizes_convolutions_and_keeps_the_head_in_float(int8_expor
     assert other_convs and all(producers[n.input[1]].op_type == "DequantizeLinear" for n in other_convs)
     meta = {p.key: p.value for p in onnx.load(str(results["onnx int8"].file)).metadata_props}
     assert meta["int8"] == "true" and "64 images" in meta["calibration"]
+    # ONNX Runtime's fast x86 form: unsigned activations, and the ops between convolutions quantized too, so
+    # whole Conv-Sigmoid-Mul groups become integer kernels (S8 activations or Conv alone ran slower than fp32)
+    zero_points = [onnx.numpy_helper.to_array(initializers[n.input[2]])
+                   for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and {z.dtype for z in zero_points} == {np.dtype(np.uint8)}
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    dequantized_inputs = {n.op_type for n in graph.node
+                          if not n.name.startswith(prefix) and dequantized.intersection(n.input)}
+    assert {"Conv", "Sigmoid", "Mul", "Concat"} <= dequantized_inputs, dequantized_inputs
+
+
+def test_tensorrt_qdq_layout_is_signed_with_zero_points_at_zero(int8_exports, tmp_path):
+    """The INT8 engine is built from its own QDQ ONNX: TensorRT's explicit quantization takes signed INT8 with
+    zero point 0 only. Checked here without TensorRT: the layout, and that it keeps the fp32 detections."""
+    results, weights, data = int8_exports
+    model = load_model(weights, fuse=True)
+    d = load_int8_data(str(data), 32, (160, 160))
+    out = quantize_onnx(results["onnx"].file, tmp_path / "trt.onnx", d.calibration, 1, head_prefix(model),
+                        layout="tensorrt")
+    qdq = onnx.load(str(out))
+    graph = qdq.graph
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [initializers[n.input[2]] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    conv_inputs = {i for n in graph.node if n.op_type == "Conv" for i in n.input}
+    dequantized = [o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output]
+    assert dequantized and set(dequantized) <= conv_inputs  # Q/DQ only where a convolution reads
+    qdq.metadata_props.extend(onnx.load(str(results["onnx"].file)).metadata_props)  # names, stride for the backend
+    onnx.save(qdq, str(out))
+    agreement = verify_int8(model, load_backend(out), d.verification, 1, "TensorRT-layout INT8 ONNX")
+    assert agreement.reference > 20
 
 
 def test_val_reports_map_for_each_int8_file(int8_exports):

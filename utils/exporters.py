@@ -340,20 +340,26 @@ def export_engine(ctx: ExportContext) -> Path:
 # INT8 (calibrated from ctx.int8_data; see utils.quantize)
 # ---------------------------------------------------------------------------------------------
 
+def _quantized_onnx(ctx: ExportContext, out: Path, layout: str) -> None:
+    """A QDQ INT8 ONNX of the folded model at ``out``, in ``utils.quantize.QDQ_LAYOUTS[layout]``."""
+    from utils.quantize import head_prefix, quantize_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(ctx, Path(tmp) / "fp32.onnx", nms=False, half=False)
+        quantize_onnx(fp32, out, ctx.int8_data.calibration, int(ctx.im.shape[0]), head_prefix(ctx.model),
+                      layout=layout)
+
+
 def export_onnx_int8(ctx: ExportContext) -> Path:
     """``<stem>-int8.onnx``: ONNX Runtime static QDQ quantization of a fresh fp32 ONNX of the folded model."""
     import onnx
 
-    from utils.quantize import head_prefix, quantize_onnx
-
     f = ctx.file("-int8.onnx")
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(ctx, Path(tmp) / "fp32.onnx", nms=False, half=False)
-        with atomic_file(f) as out:
-            quantize_onnx(fp32, out, ctx.int8_data.calibration, int(ctx.im.shape[0]), head_prefix(ctx.model))
-            model_onnx = onnx.load(str(out))
-            set_onnx_metadata(model_onnx, ctx.metadata(half=False, int8=True))
-            onnx.save(model_onnx, str(out))
+    with atomic_file(f) as out:
+        _quantized_onnx(ctx, out, "onnxruntime")
+        model_onnx = onnx.load(str(out))
+        set_onnx_metadata(model_onnx, ctx.metadata(half=False, int8=True))
+        onnx.save(model_onnx, str(out))
     return f
 
 
@@ -376,13 +382,15 @@ def export_openvino_int8(ctx: ExportContext) -> Path:
 
 
 def export_engine_int8(ctx: ExportContext) -> Path:
-    """``<stem>-int8.engine``: TensorRT explicit quantization from the QDQ ONNX (its calibrated scales)."""
+    """``<stem>-int8.engine``: TensorRT explicit quantization of a QDQ ONNX (signed, zero point 0)."""
     trt = import_tensorrt()
     if ctx.im.device.type != "cuda":
         raise ValueError("TensorRT export needs the model on a CUDA device: use --device 0")
-    onnx_file = ctx.exported.get("onnx int8") or export_onnx_int8(ctx)
-    LOGGER.info(f"TensorRT {trt.__version__}: building an INT8 engine from {onnx_file}")
-    engine = _build_serialized_engine(trt, Path(onnx_file), ctx, int8=True)
+    with tempfile.TemporaryDirectory() as tmp:  # not the -int8.onnx: TensorRT needs its own QDQ layout
+        qdq = Path(tmp) / "int8-tensorrt.onnx"
+        _quantized_onnx(ctx, qdq, "tensorrt")
+        LOGGER.info(f"TensorRT {trt.__version__}: building an INT8 engine from a QDQ ONNX in TensorRT's layout")
+        engine = _build_serialized_engine(trt, qdq, ctx, int8=True)
     return write_engine_file(ctx.file("-int8.engine"), ctx.metadata(half=False, int8=True), engine)
 
 

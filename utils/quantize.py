@@ -6,11 +6,13 @@ size, RGB, 0-1). The convolutions are quantized; the detection head (its output 
 decoding after them: sigmoid, grid and anchor arithmetic, the concatenated boxes-and-scores output) stays in
 floating point, since one INT8 scale cannot hold pixel coordinates and probabilities together.
 
-- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8 weights, INT8 activations,
-  on the fp32 graph after ``quant_pre_process`` (shape inference and graph optimisation). The calibration
+- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8 weights, unsigned 8-bit
+  activations, every op ONNX Runtime quantizes outside the head (so it fuses them into integer kernels), on
+  the fp32 graph after ``quant_pre_process`` (shape inference and graph optimisation). The calibration
   method was chosen by measurement (benchmarks/README.md, "INT8"): ``CALIBRATION_METHOD``.
 - OpenVINO: NNCF post-training quantization of the IR converted from the fp32 ONNX.
-- TensorRT: built from the QDQ ONNX (explicit quantization), see ``utils.exporters``.
+- TensorRT: built from a second QDQ ONNX in TensorRT's layout (signed INT8 activations with zero point 0 at
+  the convolutions' inputs; explicit quantization), see ``utils.exporters``.
 
 Every INT8 file is verified against the fp32 folded model by the detections both make on real images
 (the data's val images): the share of fp32 detections the INT8 model also makes (same class, IoU >= 0.5)
@@ -34,7 +36,26 @@ from utils.dataset_config import check_dataset
 from utils.general import LOGGER
 from utils.ops import non_max_suppression
 
-CALIBRATION_METHOD = "Percentile"  # 99.999th; measured against MinMax and Entropy: benchmarks/README.md, "INT8"
+# ONNX Runtime calibration methods compared in benchmarks/bench_int8.py (name: (method, its options))
+CALIBRATIONS = {
+    "MinMax": ("MinMax", {}),
+    "MinMax, moving average": ("MinMax", {"CalibMovingAverage": True}),
+    "Entropy": ("Entropy", {}),
+    "Percentile 99.999": ("Percentile", {"CalibPercentile": 99.999}),
+    "Percentile 99.99": ("Percentile", {"CalibPercentile": 99.99}),
+}
+# the only one that kept all four models within 1 mAP50-95 point: benchmarks/README.md, "INT8"
+CALIBRATION_METHOD = "MinMax, moving average"
+# QDQ layout per runtime. ONNX Runtime on x86 runs a QDQ group as one integer kernel only when the op's
+# output is quantized too, and is fastest with unsigned activations (S8 activations, or Conv alone, ran
+# 2x slower than fp32 here). TensorRT's explicit quantization takes signed INT8 with zero point 0 only and
+# float biases, with Q/DQ at the convolutions' inputs (it chooses the output precision while fusing).
+QDQ_LAYOUTS = {
+    "onnxruntime": dict(op_types=None, activation="QUInt8", options={"ActivationSymmetric": False}),
+    "tensorrt": dict(op_types=["Conv"], activation="QInt8",
+                     options={"ActivationSymmetric": True, "QuantizeBias": False,
+                              "OpTypesToExcludeOutputQuantization": ["Conv"]}),
+}
 MIN_MATCHED, MIN_MEAN_IOU = 0.80, 0.80  # verification levels: share of fp32 detections kept, their mean IoU
 VERIFY_CONF, VERIFY_IOU, MATCH_IOU = 0.25, 0.45, 0.5
 VERIFY_IMAGES = 64
@@ -123,8 +144,9 @@ def head_prefix(model: torch.nn.Module) -> str:
 
 
 def quantize_onnx(fp32_onnx: Path, out: Path, images: list[np.ndarray], batch: int, head: str,
-                  method: str = CALIBRATION_METHOD) -> Path:
-    """ONNX Runtime static INT8 (QDQ, per-channel weights) of ``fp32_onnx``'s convolutions outside ``head``."""
+                  method: str = CALIBRATION_METHOD, layout: str = "onnxruntime") -> Path:
+    """ONNX Runtime static INT8 (QDQ, per-channel symmetric weights) of ``fp32_onnx`` outside ``head``.
+    ``method``: a key of ``CALIBRATIONS``; ``layout``: a key of ``QDQ_LAYOUTS`` (the runtime it is for)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -138,6 +160,8 @@ def quantize_onnx(fp32_onnx: Path, out: Path, images: list[np.ndarray], batch: i
             x = next(self.items, None)
             return None if x is None else {self.name: x}
 
+    calibration, options = CALIBRATIONS[method]
+    qdq = QDQ_LAYOUTS[layout]
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
@@ -146,10 +170,10 @@ def quantize_onnx(fp32_onnx: Path, out: Path, images: list[np.ndarray], batch: i
         if not excluded:
             raise QuantizationError(f"no node of the detection head ({head}*) in {fp32_onnx}: cannot keep it in float")
         quantize_static(str(pre), str(out), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                        calibrate_method=getattr(CalibrationMethod, method),
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        op_types_to_quantize=qdq["op_types"], per_channel=True,
+                        activation_type=getattr(QuantType, qdq["activation"]), weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded, calibrate_method=getattr(CalibrationMethod, calibration),
+                        extra_options={"WeightSymmetric": True, **qdq["options"], **options})
     return out
 
 
