@@ -33,7 +33,6 @@ fp32 model's detections it reproduces and their mean IoU, printed, with a failur
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +166,7 @@ def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, floa
         out = backend(im)
         scale = max(im.shape[2:])
         if backend.end2end:
-            kept = non_max_suppression(ref, ctx.conf_thres, ctx.iou_thres, max_det=ctx.max_det, time_limit=math.inf)
+            kept = non_max_suppression(ref, ctx.conf_thres, ctx.iou_thres, max_det=ctx.max_det)
             diffs = [match_detections(det.cpu(), [t[i].cpu() for t in out], scale, tol, ctx.conf_thres)
                      for i, det in enumerate(kept)]
         else:
@@ -205,7 +204,7 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
             result.agreement = verify_int8(ctx.model, backend, ctx.int8_data.verification, int(ctx.im.shape[0]), name)
         else:
             result.max_abs_diff, result.error_ratio = verify_export(fmt, result.file, ctx)
-        ctx.exported[name] = result.file  # verified: the engines may build from these ONNX files
+        ctx.exported[name] = result.file  # verified: the fp32 engine may build from this ONNX
     except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported
         result.seconds = result.seconds or time.time() - t0
         result.error = f"{type(e).__name__}: {e}"
@@ -268,9 +267,10 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
         raise ValueError("--int8 with --nms is not supported: export INT8 without --nms and run NMS on its output")
     device = select_device(str(device))
     names = load_names(data) if data else None
-    if int8 and not data:  # before the model loads
-        raise ValueError("--int8 needs --data: a dataset YAML whose train (or val) images calibrate the INT8 "
-                         "scales, e.g. --data data/shapes.yaml")
+    if int8:  # before the model loads
+        from utils.quantize import check_int8_args
+
+        check_int8_args(data, calib_images)
     ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
                         opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
                         max_det=max_det, verbose=verbose)

@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,11 +79,9 @@ def export_forms(weights: Path, imgsz: int, calib: int) -> tuple[dict, dict]:
 def map5095(file: Path, imgsz: int) -> float:
     import val
 
-    metrics = val.run(data=str(DATA), weights=str(file), imgsz=imgsz, batch_size=1 if file.suffix != ".pt" else 32,
+    metrics = val.run(data=str(DATA), weights=str(file), imgsz=imgsz, batch_size=1,
                       workers=2, plots=False, project=str(file.parent / "val"), exist_ok=True)[0]
     return float(metrics[3])
-
-
 
 
 def compare_calibration(weights: Path, fp32_onnx: Path, imgsz: int, calib: int) -> dict:
@@ -195,5 +192,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     sys.exit(main())

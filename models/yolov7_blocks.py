@@ -98,6 +98,8 @@ class RepConv(RepVGGBlock):
 class _Implicit(nn.Module):
     """A learned per-channel tensor (1, c, 1, 1) initialised around ``mean`` (YOLOR's implicit knowledge)."""
 
+    no_weight_decay = True  # smart_optimizer: decay would pull ImplicitM towards 0 (YOLOv7 does not decay it)
+
     def __init__(self, channel, mean, std=0.02):
         super().__init__()
         self.channel, self.mean, self.std = channel, mean, std

@@ -28,7 +28,7 @@ from torch import nn
 from utils.augmentations import letterbox
 from utils.backends import load_backend
 from utils.general import LOGGER, increment_path, make_divisible
-from utils.ops import clip_boxes, non_max_suppression, scale_boxes, xyxy2xywh
+from utils.ops import clip_boxes, non_max_suppression, realtime_nms_budget, scale_boxes, xyxy2xywh
 from utils.plots import Annotator, class_name, colors
 
 
@@ -91,7 +91,9 @@ def postprocess(out, conf_thres: float, iou_thres: float, classes=None, agnostic
     the confidence, class and max_det filters apply then (the graph already suppressed overlaps).
     """
     if not end2end:
-        return non_max_suppression(out, conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det)
+        pred = out[0] if isinstance(out, (list, tuple)) else out  # eval-mode models return (pred, raw maps)
+        return non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det,
+                                   time_limit=realtime_nms_budget(len(pred)))
     num, boxes, scores, cls = (torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in out)
     result = []
     for i in range(boxes.shape[0]):

@@ -9,7 +9,6 @@ pass runs on a copy, so training's fp32 EMA weights are not rounded).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,10 +139,10 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
         if compute_loss and raw is not None:
             loss += compute_loss([x.float() for x in raw], targets)[1]
         targets[:, 2:] *= torch.tensor((im.shape[3], im.shape[2]) * 2, device=device)
-        # no time budget: a metric must not depend on how busy the machine is (YOLOv5's val drops the batch's
-        # remaining images when NMS runs past 0.5 + 0.05 * bs seconds, which lowers mAP on a loaded machine)
+        # no NMS time budget (YOLOv5's val drops a batch's remaining images past 0.5 + 0.05 * bs seconds,
+        # which lowers mAP on a loaded machine)
         preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
-                                    max_det=max_det, time_limit=math.inf)
+                                    max_det=max_det)
         t3 = synced_time(device)
         dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
         collector.add_batch(preds, targets, im, paths, shapes)

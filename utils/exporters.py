@@ -263,19 +263,28 @@ def set_onnx_metadata(model_onnx, meta: dict) -> None:
 # OpenVINO
 # ---------------------------------------------------------------------------------------------
 
-def export_openvino(ctx: ExportContext) -> Path:
-    """OpenVINO IR converted from a fresh fp32 ONNX; ``--half`` stores FP16 weights."""
+def _openvino_model(ctx: ExportContext):
+    """An OpenVINO model converted from a fresh fp32 ONNX (OpenVINO compresses to FP16 or quantizes itself)."""
     import openvino as ov
 
-    d = ctx.file("_openvino_model")
-    with tempfile.TemporaryDirectory() as tmp:  # an fp32 ONNX of its own: OpenVINO compresses to FP16 itself
-        onnx_file = export_onnx(ctx, Path(tmp) / f"{ctx.weights.stem}.onnx", half=False)
-        ov_model = ov.convert_model(str(onnx_file))
+    with tempfile.TemporaryDirectory() as tmp:
+        return ov.convert_model(str(export_onnx(ctx, Path(tmp) / f"{ctx.weights.stem}.onnx", half=False)))
+
+
+def _save_openvino(ov_model, d: Path, ctx: ExportContext, meta: dict, compress_to_fp16: bool) -> Path:
+    import openvino as ov
+
     with atomic_dir(d) as tmp_dir:  # IR and metadata appear together, or not at all
-        ov.save_model(ov_model, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=ctx.half)
+        ov.save_model(ov_model, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=compress_to_fp16)
         with open(tmp_dir / "metadata.yaml", "w", encoding="utf-8") as fh:
-            yaml.safe_dump(ctx.metadata(end2end=ctx.nms), fh, sort_keys=False, allow_unicode=True)
+            yaml.safe_dump(meta, fh, sort_keys=False, allow_unicode=True)
     return d
+
+
+def export_openvino(ctx: ExportContext) -> Path:
+    """OpenVINO IR converted from a fresh fp32 ONNX; ``--half`` stores FP16 weights."""
+    return _save_openvino(_openvino_model(ctx), ctx.file("_openvino_model"), ctx, ctx.metadata(end2end=ctx.nms),
+                          compress_to_fp16=ctx.half)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,20 +374,12 @@ def export_onnx_int8(ctx: ExportContext) -> Path:
 
 def export_openvino_int8(ctx: ExportContext) -> Path:
     """``<stem>_int8_openvino_model/``: NNCF post-training quantization of the fp32 IR."""
-    import openvino as ov
-
     from utils.quantize import head_prefix, quantize_openvino
 
-    d = ctx.file("_int8_openvino_model")
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = export_onnx(ctx, Path(tmp) / f"{ctx.weights.stem}.onnx", nms=False, half=False)
-        ov_model = ov.convert_model(str(onnx_file))
-    quantized = quantize_openvino(ov_model, ctx.int8_data.calibration, int(ctx.im.shape[0]), head_prefix(ctx.model))
-    with atomic_dir(d) as tmp_dir:
-        ov.save_model(quantized, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=False)
-        with open(tmp_dir / "metadata.yaml", "w", encoding="utf-8") as fh:
-            yaml.safe_dump(ctx.metadata(half=False, int8=True), fh, sort_keys=False, allow_unicode=True)
-    return d
+    quantized = quantize_openvino(_openvino_model(ctx), ctx.int8_data.calibration, int(ctx.im.shape[0]),
+                                  head_prefix(ctx.model))
+    return _save_openvino(quantized, ctx.file("_int8_openvino_model"), ctx, ctx.metadata(half=False, int8=True),
+                          compress_to_fp16=False)
 
 
 def export_engine_int8(ctx: ExportContext) -> Path:

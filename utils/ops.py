@@ -16,6 +16,7 @@ Public API: ``xyxy2xywh``, ``xywh2xyxy``, ``xywhn2xyxy``, ``xyxy2xywhn``, ``clip
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -27,8 +28,8 @@ from torchvision.ops import box_iou  # re-exported: (N, 4) x (M, 4) xyxy -> (N, 
 from utils.general import LOGGER
 
 __all__ = [
-    "box_iou", "clip_boxes", "label_lines", "non_max_suppression", "scale_boxes", "xywh2xyxy", "xywhn2xyxy",
-    "xyxy2xywh", "xyxy2xywhn",
+    "box_iou", "clip_boxes", "label_lines", "non_max_suppression", "realtime_nms_budget", "scale_boxes",
+    "xywh2xyxy", "xywhn2xyxy", "xyxy2xywh", "xyxy2xywhn",
 ]
 
 
@@ -152,6 +153,11 @@ def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool, classes) 
     return out
 
 
+def realtime_nms_budget(batch_size: int) -> float:
+    """YOLOv5's NMS time budget for a batch (seconds): detection gives up on late images rather than stall."""
+    return 0.5 + 0.05 * batch_size
+
+
 @torch.no_grad()
 def non_max_suppression(
     prediction, conf_thres: float = 0.25, iou_thres: float = 0.45, classes=None, agnostic: bool = False,
@@ -169,15 +175,17 @@ def non_max_suppression(
     Returns a list of bs (n, 6) float32 tensors [x1, y1, x2, y2, conf, cls], sorted by conf descending,
     whatever the prediction's dtype: fp16/bf16 predictions are filtered in fp32, because half-precision
     boxes lose whole pixels past 1024 and batched_nms's per-class coordinate offsets (CUDA, < 20k boxes)
-    snap them to a 16-32 px grid. When the time budget (default 0.5 + 0.05 * bs seconds) runs out, a
-    warning is logged and the images not yet processed get empty results.
+    snap them to a 16-32 px grid. ``time_limit`` (seconds for the batch, none by default): when it runs out,
+    a warning is logged and the images not yet processed get empty results. Only real-time callers set it
+    (``realtime_nms_budget``, detect.py's as in YOLOv5): a metric or a verification must not depend on how
+    busy the machine is.
     """
     if isinstance(prediction, (list, tuple)):
         prediction = prediction[0]  # eval-mode model output: (inference_out, train_out)
     prediction = prediction.float()
     _check_nms_args(conf_thres, iou_thres, max_det, max_nms)
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
-    time_limit = 0.5 + 0.05 * bs if time_limit is None else time_limit
+    time_limit = math.inf if time_limit is None else time_limit
     multi_label &= nc > 1  # one class: multi-label is the same as best-class
     output = [torch.zeros((0, 6), device=prediction.device) for _ in range(bs)]
     t0 = time.time()

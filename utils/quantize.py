@@ -20,12 +20,10 @@ and their mean IoU must reach ``MIN_MATCHED`` and ``MIN_MEAN_IOU``.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torchvision
@@ -35,6 +33,7 @@ from utils.dataloaders import list_image_files
 from utils.dataset_config import check_dataset
 from utils.general import LOGGER
 from utils.ops import non_max_suppression
+from utils.sources import read_image
 
 # ONNX Runtime calibration methods compared in benchmarks/bench_int8.py (name: (method, its options))
 CALIBRATIONS = {
@@ -75,21 +74,19 @@ def _evenly_spaced(files: list[str], n: int) -> list[str]:
     return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
 
 
-def _load_letterboxed(files: list[str], hw: tuple[int, int], what: str) -> tuple[list[np.ndarray], int]:
-    """(uint8 RGB CHW images letterboxed to ``hw``, count of files that could not be read)."""
-    images, bad = [], 0
+def _load_letterboxed(files: list[str], hw: tuple[int, int], what: str) -> list[np.ndarray]:
+    """uint8 RGB CHW images letterboxed to ``hw``; unreadable files are counted in a warning and skipped."""
+    images = []
     for f in files:
-        im0 = cv2.imread(f)
-        if im0 is None:
-            bad += 1
-            continue
-        im = letterbox(im0, hw, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
-        images.append(np.ascontiguousarray(im))
+        im0 = read_image(f)
+        if im0 is not None:
+            images.append(np.ascontiguousarray(letterbox(im0, hw, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)))
     if not images:
         raise QuantizationError(f"none of the {len(files)} {what} images could be read (e.g. {files[0]})")
-    if bad:
-        LOGGER.warning(f"WARNING {bad} of {len(files)} {what} images could not be read and are skipped")
-    return images, bad
+    if len(images) < len(files):
+        LOGGER.warning(f"WARNING {len(files) - len(images)} of {len(files)} {what} images could not be read and are "
+                       "skipped")
+    return images
 
 
 @dataclass
@@ -101,13 +98,18 @@ class Int8Data:
     source: str  # where the calibration images came from, for the log
 
 
-def load_int8_data(data, n_calib: int, hw: tuple[int, int]) -> Int8Data:
-    """Read calibration images (train split, else val) and verification images (val split, else train)."""
+def check_int8_args(data, n_calib: int) -> None:
+    """The --int8 arguments, checked before a model loads."""
     if not data:
         raise QuantizationError("--int8 needs --data: a dataset YAML whose train (or val) images calibrate "
                                 "the INT8 scales, e.g. --data data/shapes.yaml")
     if n_calib < 1:
         raise QuantizationError(f"--calib-images must be >= 1, got {n_calib}")
+
+
+def load_int8_data(data, n_calib: int, hw: tuple[int, int]) -> Int8Data:
+    """Read calibration images (train split, else val) and verification images (val split, else train)."""
+    check_int8_args(data, n_calib)
     cfg = check_dataset(data)
     splits = [s for s in ("train", "val") if cfg.get(s)]
     if not splits:
@@ -116,9 +118,9 @@ def load_int8_data(data, n_calib: int, hw: tuple[int, int]) -> Int8Data:
     files = list_image_files(cfg[calib_split])
     if not files:
         raise QuantizationError(f"no images in the {calib_split} split of {data}")
-    calibration, _ = _load_letterboxed(_evenly_spaced(files, n_calib), hw, f"{calib_split} (calibration)")
+    calibration = _load_letterboxed(_evenly_spaced(files, n_calib), hw, f"{calib_split} (calibration)")
     vfiles = files if verify_split == calib_split else list_image_files(cfg[verify_split])
-    verification, _ = _load_letterboxed(_evenly_spaced(vfiles, VERIFY_IMAGES), hw, f"{verify_split} (verification)")
+    verification = _load_letterboxed(_evenly_spaced(vfiles, VERIFY_IMAGES), hw, f"{verify_split} (verification)")
     LOGGER.info(f"INT8: {len(calibration)} calibration images from the {calib_split} split, {len(verification)} "
                 f"verification images from the {verify_split} split of {data}")
     return Int8Data(calibration, verification, f"{calib_split} split of {data}")
@@ -234,9 +236,8 @@ def compare_detections(reference, candidate, images: list[np.ndarray], batch: in
     for x in batches(images, batch):
         im = torch.from_numpy(x).to(device)
         with torch.no_grad():
-            # no NMS time budget: the verdict must not depend on machine load
-            ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU, time_limit=math.inf)
-        out = non_max_suppression(candidate(im), VERIFY_CONF, VERIFY_IOU, time_limit=math.inf)
+            ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU)  # eval output or export tensor
+        out = non_max_suppression(candidate(im), VERIFY_CONF, VERIFY_IOU)
         for r, o in zip(ref, out):
             m, i, e = match(r.cpu(), o.cpu())
             n_ref, n_match, extra = n_ref + len(r), n_match + m, extra + e

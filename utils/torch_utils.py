@@ -179,16 +179,16 @@ class ModelEMA:
 
 
 def smart_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.001, momentum: float = 0.9, decay: float = 1e-5):
-    """Three parameter groups (YOLOv5): weights with decay, BatchNorm weights (and YOLOv7's implicit
-    layers) and biases without."""
+    """Three parameter groups (YOLOv5): weights with decay, BatchNorm weights (and the weights of modules that
+    set ``no_weight_decay``, such as YOLOv7's implicit layers) and biases without."""
     decayed, bn_weights, biases = [], [], []
     bn_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
     for module in model.modules():
         for p_name, p in module.named_parameters(recurse=False):
             if p_name == "bias":
                 biases.append(p)
-            elif (p_name == "weight" and isinstance(module, bn_types)) or p_name == "implicit":
-                bn_weights.append(p)  # YOLOv7's implicit layers are not decayed either (ImplicitM would shrink)
+            elif (p_name == "weight" and isinstance(module, bn_types)) or getattr(module, "no_weight_decay", False):
+                bn_weights.append(p)
             else:
                 decayed.append(p)
     if name == "Adam":
