@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 import torch
 
+from utils.atomic import remove_path, replace_path, sweep_stale, temporary_dir
 from utils.augmentations import letterbox
 from utils.backends import load_backend
 from utils.checkpoint import load_model
@@ -48,6 +49,7 @@ from utils.dataset_config import load_names  # one parser for names, shared with
 from utils.exporters import EXPORTERS, INT8_EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
 from utils.general import LOGGER, ROOT, check_imgsz, setup_logging
 from utils.ops import non_max_suppression
+from utils.signals import signal_name
 from utils.torch_utils import select_device
 
 FORMATS = tuple(EXPORTERS)  # export order matters: engine reuses the ONNX file exported before it
@@ -183,31 +185,60 @@ def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, floa
 # Export
 # ---------------------------------------------------------------------------------------------
 
+def failed_name(path: Path) -> Path:
+    """Where an export that failed verification is kept: ``best.failed.onnx``, ``best_openvino_model.failed``."""
+    if path.suffix and not path.is_dir():
+        return path.with_name(f"{path.stem}.failed{path.suffix}")
+    return path.with_name(f"{path.name}.failed")
+
+
+def _verify(fmt: str, file: Path, ctx: ExportContext, result: ExportResult, int8: bool) -> None:
+    if int8:
+        from utils.quantize import verify_int8
+
+        backend = load_backend(file, device=ctx.im.device)
+        result.agreement = verify_int8(ctx.model, backend, ctx.int8_data.verification, int(ctx.im.shape[0]),
+                                       result.format)
+    else:
+        result.max_abs_diff, result.error_ratio = verify_export(fmt, file, ctx)
+
+
+def _keep_failed(staged: Path, final: Path) -> str:
+    """Move an export that failed verification out of the way; the sentence that says where it went."""
+    kept = failed_name(final)
+    replace_path(staged, kept)
+    previous = f"the previous {final.name} is unchanged" if final.exists() else f"no {final.name} was written"
+    return f"; the unverified export is kept as {kept.name} ({previous})"
+
+
 def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult:
     """Export and verify one format (its INT8 variant with ``int8``: verified by detections, see
-    utils.quantize); a failure is logged with its message and returned, never raised."""
+    utils.quantize); a failure is logged with its message and returned, never raised.
+
+    The exporter writes into a hidden staging folder beside the weights; only a verified file is renamed
+    to its normal name, so a failure never replaces a good file that val/detect would pick up."""
     name = f"{fmt} int8" if int8 else fmt
     result = ExportResult(name)
     LOGGER.info(f"\n{name}: " + (f"quantizing with {len(ctx.int8_data.calibration)} calibration images..."
                                   if int8 else "exporting..."))
-    t0 = time.time()
+    t0, staged = time.time(), None
+    ctx.out_dir = temporary_dir(ctx.weights.parent, ctx.weights.stem, "staging")
     try:
         if ctx.nms and fmt not in NMS_FORMATS:
             raise ValueError(f"--nms is supported for {', '.join(NMS_FORMATS)} only, not {fmt} "
                              f"(export {fmt} without --nms and run utils.ops.non_max_suppression on its output)")
-        result.file = (INT8_EXPORTERS if int8 else EXPORTERS)[fmt](ctx)
-        result.seconds, result.size_mb = time.time() - t0, size_mb(result.file)
-        if int8:
-            from utils.quantize import verify_int8
-
-            backend = load_backend(result.file, device=ctx.im.device)
-            result.agreement = verify_int8(ctx.model, backend, ctx.int8_data.verification, int(ctx.im.shape[0]), name)
-        else:
-            result.max_abs_diff, result.error_ratio = verify_export(fmt, result.file, ctx)
+        staged = (INT8_EXPORTERS if int8 else EXPORTERS)[fmt](ctx)
+        result.file = ctx.weights.parent / staged.name
+        result.seconds, result.size_mb = time.time() - t0, size_mb(staged)
+        _verify(fmt, staged, ctx, result, int8)
+        replace_path(staged, result.file)
         ctx.exported[name] = result.file  # verified: the fp32 engine may build from this ONNX
     except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported
         result.seconds = result.seconds or time.time() - t0
         result.error = f"{type(e).__name__}: {e}"
+        if staged is not None and staged.exists():
+            result.error += _keep_failed(staged, result.file)
+            result.file = failed_name(result.file)
         LOGGER.error(f"{name}: export failed: {result.error}")
         if ctx.verbose:
             LOGGER.exception(e)
@@ -215,6 +246,9 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
         check = result.agreement if int8 else (f"max abs difference {result.max_abs_diff:.3g}, "
                                                f"error {result.error_ratio:.3g}")
         LOGGER.info(f"{name}: saved {result.file} ({result.size_mb:.1f} MB, {result.seconds:.1f}s), verified: {check}")
+    finally:
+        remove_path(ctx.out_dir)  # whatever else the exporter wrote there; also on Ctrl-C and SIGTERM
+        ctx.out_dir = None
     return result
 
 
@@ -271,20 +305,27 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
         from utils.quantize import check_int8_args
 
         check_int8_args(data, calib_images)
-    ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
-                        opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
-                        max_det=max_det, verbose=verbose)
-    if int8:  # every image read before any export starts: bad images fail now, not after minutes
-        from utils.quantize import load_int8_data
-
-        ctx.int8_data = load_int8_data(data, calib_images, tuple(ctx.im.shape[2:]))
-    LOGGER.info(f"Exporting {weights} (folded, {len(ctx.names)} classes, stride {ctx.stride}) with input "
-                f"{tuple(ctx.im.shape)} on {device} to: {', '.join(f for f in FORMATS if f in include)}")
+    sweep_stale(Path(weights).parent)  # temporaries of exports killed by SIGKILL: ours only, owner gone
     results = []
-    for fmt in (f for f in FORMATS if f in include):
-        results.append(export_one(fmt, ctx))
-        if int8 and fmt in INT8_EXPORTERS:
-            results.append(export_one(fmt, ctx, int8=True))
+    try:
+        ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
+                            opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
+                            max_det=max_det, verbose=verbose)
+        if int8:  # every image read before any export starts: bad images fail now, not after minutes
+            from utils.quantize import load_int8_data
+
+            ctx.int8_data = load_int8_data(data, calib_images, tuple(ctx.im.shape[2:]))
+        LOGGER.info(f"Exporting {weights} (folded, {len(ctx.names)} classes, stride {ctx.stride}) with input "
+                    f"{tuple(ctx.im.shape)} on {device} to: {', '.join(f for f in FORMATS if f in include)}")
+        for fmt in (f for f in FORMATS if f in include):
+            results.append(export_one(fmt, ctx))
+            if int8 and fmt in INT8_EXPORTERS:
+                results.append(export_one(fmt, ctx, int8=True))
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under export.py: say what is on disk
+        done = [str(r.file) for r in results if r.ok]
+        LOGGER.warning(f"\nExport stopped by {signal_name(e)}: " + (f"verified and saved: {', '.join(done)}"
+                       if done else "nothing was exported") + "; no partly written file is left")
+        raise
     log_summary(results)
     return results
 
@@ -324,9 +365,13 @@ def main(opt: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     from utils.checkpoint import CheckpointError
+    from utils.signals import exit_code, handle_termination
 
+    handle_termination()  # SIGTERM unwinds like Ctrl-C: temporaries are removed
     try:
         raise SystemExit(main(parse_opt()))
+    except KeyboardInterrupt as e:  # run() logged what was saved
+        raise SystemExit(exit_code(e)) from None
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:  # before any format: a sentence
         setup_logging()
         LOGGER.error(f"ERROR: {e}")

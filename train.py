@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from utils.atomic import sweep_stale
 from utils.checkpoint import CheckpointError, read_checkpoint
 from utils.dataset_config import check_dataset
 from utils.general import LOGGER, ROOT, TrainingDiverged, excerpt, increment_path, load_yaml, setup_logging
@@ -213,6 +214,7 @@ def train_once(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.dev
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=opt.deterministic)
     if rank in (-1, 0):
         write_run_files(opt, hyp)
+        sweep_stale(Path(opt.save_dir) / "weights")  # a resumed run's folder may hold a SIGKILLed save's temporary
     return Trainer(opt, hyp, data, device, ckpt).train()
 
 
@@ -227,8 +229,13 @@ def run(**kwargs):
 
 
 if __name__ == "__main__":
+    from utils.signals import exit_code, handle_termination
+
+    handle_termination()  # SIGTERM unwinds like Ctrl-C: checkpoints stay whole, temporaries are removed
     try:
         main(parse_opt())
+    except KeyboardInterrupt as e:  # the trainer logged what was saved; 130 (Ctrl-C) or 143 (SIGTERM), no traceback
+        sys.exit(exit_code(e))
     except (CheckpointError, FileNotFoundError, ValueError, TrainingDiverged) as e:  # the message, no traceback
         LOGGER.error(f"ERROR: {e}")
         sys.exit(1)

@@ -24,6 +24,7 @@ from utils.general import LOGGER
 from utils.label_cache import (IMG_FORMATS, NUM_THREADS, fallback_cache_dir, img2label_paths, load_verified_labels,
                                report_labels, short_hash, summarize, writable_dir)
 from utils.ops import xywhn2xyxy, xyxy2xywhn
+from utils.textfiles import read_lines
 
 
 def list_image_files(path, prefix: str = "") -> list[str]:
@@ -39,7 +40,7 @@ def list_image_files(path, prefix: str = "") -> list[str]:
         if p.is_dir():
             files += [str(f) for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS and f.is_file()]
         elif p.suffix == ".txt" and p.is_file():
-            for line in p.read_text(encoding="utf-8").splitlines():
+            for line in read_lines(p):
                 if line.strip():
                     q = Path(line.strip())
                     files.append(os.path.normpath(q if q.is_absolute() else p.parent / q))

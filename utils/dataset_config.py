@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from utils.general import LOGGER, excerpt, load_yaml
 from utils.synthetic import generate_shapes
+from utils.textfiles import read_lines
 
 SPLITS = ("train", "val", "test")
 
@@ -75,7 +76,7 @@ def load_names(data: str | Path | dict) -> list[str]:
 def _read_list(txt: Path, root: Path) -> list[str]:
     """Image paths from a ``.txt`` split; relative entries are relative to the dataset root."""
     out = []
-    for line in txt.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(txt):
         line = line.strip()
         if line:
             p = Path(line)

@@ -48,14 +48,15 @@ class ExportContext:
     verbose: bool = False
     int8_data: object = None  # utils.quantize.Int8Data with --int8: calibration and verification images
     exported: dict = field(default_factory=dict)  # format -> file written in this run (engine reuses the ONNX)
+    out_dir: Path | None = None  # where exporters write; export.py points it at a staging folder until verified
 
     @property
     def stride(self) -> int:
         return int(max(self.model.stride))
 
     def file(self, suffix: str) -> Path:
-        """``<weights stem><suffix>`` beside the weights."""
-        return self.weights.with_name(self.weights.stem + suffix)
+        """``<weights stem><suffix>`` in ``out_dir``, by default beside the weights."""
+        return (self.out_dir or self.weights.parent) / (self.weights.stem + suffix)
 
     def metadata(self, half: bool | None = None, end2end: bool = False, int8: bool = False) -> dict:
         """Plain metadata written into every exported file (read back by ``utils.backends``)."""

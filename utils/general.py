@@ -9,6 +9,8 @@ import logging
 import math
 from pathlib import Path
 
+from utils.textfiles import decode_text
+
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 LOGGER_NAME = "yolo"
 LOGGER = logging.getLogger(LOGGER_NAME)
@@ -159,7 +161,7 @@ def load_yaml(path: str | Path, what: str = "YAML file") -> dict:
         raise ValueError(f"{path}: {size} bytes is too large for a {what} (limit {MAX_YAML_BYTES})")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = decode_text(raw)  # a BOM and CRLF read as plain UTF-8 (Windows editors)
         if "\x00" in text:
             raise UnicodeDecodeError("utf-8", raw, text.index("\x00"), text.index("\x00") + 1, "NUL byte")
     except UnicodeDecodeError:

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils.general import LOGGER
+from utils.textfiles import read_lines
 
 IMG_FORMATS = ("bmp", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp")
 CACHE_VERSION = 1
@@ -144,8 +145,7 @@ def parse_label_file(lb_file: str, nc: int | None):
     if not os.path.isfile(lb_file):
         counts["missing"] += 1
         return [], counts, problems
-    with open(lb_file, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    lines = read_lines(lb_file, errors="replace")
     rows, seen = [], set()
     for ln, line in enumerate(lines, 1):
         parts = line.split()

@@ -32,6 +32,7 @@ from utils.loss import ComputeLoss
 from utils.loss_ota import ComputeLossOTA
 from utils.metrics import class_weights, fitness, image_weights
 from utils.plots import plot_images, plot_labels, plot_results
+from utils.signals import signal_name
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, smart_optimizer, to_channels_last
 
 NBS = 64  # default nominal batch size (hyp "nbs"): gradients accumulate up to it
@@ -80,6 +81,7 @@ class Trainer:
         self.nc = 1 if opt.single_cls else self.data_nc
         self.names = ["item"] if opt.single_cls and len(data["names"]) != 1 else list(data["names"])
         self.start_epoch, self.best_fitness, self.tb, self.lr = 0, 0.0, None, []
+        self.saved_epoch = None  # the epoch last.pt holds (for the message when training is interrupted)
         self.maps = np.zeros(self.nc)  # mAP50-95 per class of the last validation (--image-weights)
 
         self.model = self._build_model()
@@ -168,6 +170,7 @@ class Trainer:
             self.ema.ema.load_state_dict(ckpt["state_dict"])
             self.ema.updates = int(ckpt["ema_updates"])
         self.start_epoch = int(ckpt["epoch"]) + 1
+        self.saved_epoch = int(ckpt["epoch"])
         self.best_fitness = float(ckpt.get("best_fitness", 0.0))
         if ckpt.get("maps") is not None and len(ckpt["maps"]) == self.nc:
             self.maps = np.asarray(ckpt["maps"], dtype=np.float64)
@@ -314,34 +317,45 @@ class Trainer:
             LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nLogging results to {self.save_dir}\n"
                         f"Starting training for {opt.epochs} epochs...")
             LOGGER.info(("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
-        t0 = time.time()
-        for epoch in range(self.start_epoch, opt.epochs):
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            t_epoch = time.perf_counter()
-            mloss = self.train_epoch(epoch, nw)
-            self.log_speed(epoch, time.perf_counter() - t_epoch)
-            stop = False
-            if self.main:
-                final = epoch + 1 == opt.epochs
-                if not opt.noval or final:
-                    results, self.maps = self.validate(self.ema.ema, plots=False, with_maps=True)
-                fi = float(fitness(np.array(results).reshape(1, -1))[0])
-                stop = self.stopper(epoch, fi)
-                self.best_fitness = max(self.best_fitness, fi)
-                self.log_epoch(epoch, mloss, results)
-                if not opt.nosave or final:
-                    self.save(epoch, fi)
-            if self.rank != -1:  # every rank must agree on stopping
-                flag = [stop]
-                dist.broadcast_object_list(flag, 0)
-                stop = flag[0]
-            if stop:
-                LOGGER.info(f"Stopping early: no improvement for {opt.patience} epochs (best epoch {self.stopper.best_epoch})")
-                break
+        t0, epoch = time.time(), self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, opt.epochs):
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                t_epoch = time.perf_counter()
+                mloss = self.train_epoch(epoch, nw)
+                self.log_speed(epoch, time.perf_counter() - t_epoch)
+                stop = False
+                if self.main:
+                    final = epoch + 1 == opt.epochs
+                    if not opt.noval or final:
+                        results, self.maps = self.validate(self.ema.ema, plots=False, with_maps=True)
+                    fi = float(fitness(np.array(results).reshape(1, -1))[0])
+                    stop = self.stopper(epoch, fi)
+                    self.best_fitness = max(self.best_fitness, fi)
+                    self.log_epoch(epoch, mloss, results)
+                    if not opt.nosave or final:
+                        self.save(epoch, fi)
+                if self.rank != -1:  # every rank must agree on stopping
+                    flag = [stop]
+                    dist.broadcast_object_list(flag, 0)
+                    stop = flag[0]
+                if stop:
+                    LOGGER.info(f"Stopping early: no improvement for {opt.patience} epochs (best epoch {self.stopper.best_epoch})")
+                    break
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under train.py: say what is saved, then stop
+            self.log_interrupted(e, epoch)
+            if self.tb:
+                self.tb.close()
+            raise
         if self.main:
             LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-            results = self.finish()
+            try:
+                results = self.finish()
+            except KeyboardInterrupt as e:
+                LOGGER.warning(f"\nStopped by {signal_name(e)} after the last epoch, while finishing: the weights "
+                               f"in {self.wdir} are complete (check them with python val.py --weights {self.best})")
+                raise
         return results
 
     def validate(self, model: nn.Module, plots: bool, verbose: bool = False, with_maps: bool = False):
@@ -392,10 +406,25 @@ class Trainer:
                      opt=vars(self.opt), hyp=self.hyp, maps=self.maps.tolist(), date=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.ema.ema.names = self.names
         save_checkpoint(self.last, self.ema.ema, **extra)
+        self.saved_epoch = epoch
         if fi >= self.best_fitness:
             save_checkpoint(self.best, self.ema.ema, **extra)
         if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
             save_checkpoint(self.wdir / f"epoch{epoch}.pt", self.ema.ema, **extra)
+
+    def log_interrupted(self, e: KeyboardInterrupt, epoch: int) -> None:
+        """One warning: where training stopped, what last.pt holds and how to continue."""
+        if not self.main:
+            return
+        stopped = f"\nTraining stopped by {signal_name(e)} at epoch {epoch}"
+        if self.opt.evolve:
+            LOGGER.warning(f"{stopped}: run the same --evolve command again to continue the evolution")
+        elif self.saved_epoch is None:
+            why = "--nosave saves only the final epoch" if self.opt.nosave else "no epoch finished"
+            LOGGER.warning(f"{stopped}; nothing saved ({why})")
+        else:
+            LOGGER.warning(f"{stopped}; {self.last.name} saved at epoch {self.saved_epoch}: resume with "
+                           f"python train.py --resume {self.last}")
 
     def finish(self) -> tuple:
         """Strip optimizer state, validate best.pt with plots, draw results.png."""

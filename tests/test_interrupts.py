@@ -1,0 +1,137 @@
+"""Stopping and failing never cost a good file: real SIGTERM and SIGINT sent to real train.py and export.py
+processes in the middle of a save, stale temporaries swept at the next start, and an export that fails its
+verification leaving the previous verified file where it was."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import export
+from conftest import ROOT
+from models.yolo import Model
+from utils.atomic import WRITE_DELAY_ENV, sweep_stale
+from utils.checkpoint import read_checkpoint, save_checkpoint
+
+HOST = "".join(c for c in socket.gethostname() if c.isalnum() or c == "-")[:24]
+
+
+@pytest.fixture(scope="module")
+def nano_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("nano") / "m.pt"
+    save_checkpoint(path, Model("yolov5n.yaml", nc=3))
+    return path
+
+
+def weights_copy(checkpoint: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(checkpoint, folder / checkpoint.name))
+
+
+def start(args: list[str], delay: float = 1.5) -> subprocess.Popen:
+    """A script run as a user runs it, its atomic writes held ``delay`` s before the rename (a slow disk)."""
+    env = {**os.environ, WRITE_DELAY_ENV: str(delay), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode} before the point to signal it:\n{proc.stdout.read()[-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"not ready after {timeout}s:\n{proc.communicate()[0][-2000:]}")
+        time.sleep(0.02)
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_training_stopped_mid_save_keeps_last_and_says_how_to_resume(tiny_data, tmp_path, sig):
+    proc = start(["train.py", "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--epochs", "3", "--imgsz", "64",
+                  "--batch-size", "8", "--workers", "0", "--noval", "--noplots", "--project", str(tmp_path),
+                  "--name", "exp"])
+    wdir = tmp_path / "exp" / "weights"
+    # last.pt of epoch 0 is in place and epoch 1's last.pt is being written: the signal lands mid-save
+    wait_for(proc, lambda: (wdir / "last.pt").is_file() and any(wdir.glob(".last.*.tmp.pt")))
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + sig, out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+    name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+    assert f"Training stopped by {name}" in out and "at epoch 1; last.pt saved at epoch 0: resume with " \
+        f"python train.py --resume {wdir / 'last.pt'}" in out, out[-2000:]
+    assert hidden(wdir) == [] and sorted(p.name for p in wdir.iterdir()) == ["best.pt", "last.pt"]
+    assert read_checkpoint(wdir / "last.pt")["epoch"] == 0  # whole, and resumable
+    assert "optimizer" in read_checkpoint(wdir / "last.pt")
+
+
+def test_export_terminated_mid_write_keeps_the_previous_file(nano_checkpoint, tmp_path):
+    weights = weights_copy(nano_checkpoint, tmp_path)
+    (good,) = export.run(weights=weights, include=["onnx"], imgsz=64)
+    before = good.file.read_bytes()
+    proc = start(["export.py", "--weights", str(weights), "--include", "onnx", "--imgsz", "64"], delay=30)
+    wait_for(proc, lambda: any(tmp_path.rglob(".m.*.tmp.onnx")))  # the new graph is written, not yet renamed
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143 and "Traceback" not in out, out[-2000:]
+    assert "Export stopped by SIGTERM: nothing was exported; no partly written file is left" in out, out[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]
+    assert good.file.read_bytes() == before
+
+
+def test_stale_temporaries_of_dead_processes_are_swept_at_the_next_start(nano_checkpoint, tmp_path):
+    weights = weights_copy(nano_checkpoint, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [tmp_path / f".m.{dead.pid}@{HOST}.k3j_x9.tmp.onnx", tmp_path / f".last.{dead.pid}@{HOST}.a1b2c3.tmp.pt"]
+        stale_dir = tmp_path / f".m_openvino_model.{dead.pid}@{HOST}.zz9.tmp"
+        kept = [tmp_path / f".m.{alive.pid}@{HOST}.q1w2e3.tmp.onnx",  # a live export beside ours
+                tmp_path / f".m.{dead.pid}@another-host.r4t5y6.tmp.onnx",  # a shared disk: not ours to judge
+                tmp_path / ".m.tmp.onnx", tmp_path / ".m.123.tmp"]  # the user's own files
+        for p in stale + kept:
+            p.write_bytes(b"")
+        stale_dir.mkdir()
+        (stale_dir / "m.xml").write_text("<net/>")
+        (result,) = export.run(weights=weights, include=["fused"], imgsz=64)
+        assert result.ok
+        assert not any(p.exists() for p in [*stale, stale_dir]) and all(p.exists() for p in kept)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sweep_stale(tmp_path) == [kept[0]]  # once its process has gone
+
+
+def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, tmp_path, monkeypatch):
+    weights = weights_copy(nano_checkpoint, tmp_path)
+    good = {r.format: r.file for r in export.run(weights=weights, include=["onnx", "openvino"], imgsz=64)}
+    before = {fmt: sorted((p.relative_to(f), p.read_bytes()) for p in ([f] if f.is_file() else f.rglob("*")))
+              for fmt, f in good.items()}
+    torch.manual_seed(1)
+    save_checkpoint(weights, Model("yolov5n.yaml", nc=3))  # other weights: a replaced file would show
+    monkeypatch.setitem(export.TOLERANCE, "fp32", -1.0)  # the real verification runs, and no file can pass it
+    results = {r.format: r for r in export.run(weights=weights, include=["torchscript", "onnx", "openvino"], imgsz=64)}
+    assert not any(r.ok for r in results.values())
+    for fmt, f in good.items():
+        after = sorted((p.relative_to(f), p.read_bytes()) for p in ([f] if f.is_file() else f.rglob("*")))
+        assert after == before[fmt], f"{fmt}: the verified file was replaced"
+        assert f"kept as {results[fmt].file.name} (the previous {f.name} is unchanged)" in results[fmt].error
+    assert results["onnx"].file.name == "m.failed.onnx" and results["openvino"].file.name == "m_openvino_model.failed"
+    ts = results["torchscript"]
+    assert "kept as m.failed.torchscript (no m.torchscript was written)" in ts.error and ts.file.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m.pt", "m.onnx", "m_openvino_model", "m.failed.onnx", "m_openvino_model.failed", "m.failed.torchscript"])
