@@ -306,17 +306,17 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
 
         check_int8_args(data, calib_images)
     sweep_stale(Path(weights).parent)  # temporaries of exports killed by SIGKILL: ours only, owner gone
+    ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
+                        opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
+                        max_det=max_det, verbose=verbose)
+    if int8:  # every image read before any export starts: bad images fail now, not after minutes
+        from utils.quantize import load_int8_data
+
+        ctx.int8_data = load_int8_data(data, calib_images, tuple(ctx.im.shape[2:]))
+    LOGGER.info(f"Exporting {weights} (folded, {len(ctx.names)} classes, stride {ctx.stride}) with input "
+                f"{tuple(ctx.im.shape)} on {device} to: {', '.join(f for f in FORMATS if f in include)}")
     results = []
     try:
-        ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
-                            opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
-                            max_det=max_det, verbose=verbose)
-        if int8:  # every image read before any export starts: bad images fail now, not after minutes
-            from utils.quantize import load_int8_data
-
-            ctx.int8_data = load_int8_data(data, calib_images, tuple(ctx.im.shape[2:]))
-        LOGGER.info(f"Exporting {weights} (folded, {len(ctx.names)} classes, stride {ctx.stride}) with input "
-                    f"{tuple(ctx.im.shape)} on {device} to: {', '.join(f for f in FORMATS if f in include)}")
         for fmt in (f for f in FORMATS if f in include):
             results.append(export_one(fmt, ctx))
             if int8 and fmt in INT8_EXPORTERS:
@@ -370,7 +370,7 @@ if __name__ == "__main__":
     handle_termination()  # SIGTERM unwinds like Ctrl-C: temporaries are removed
     try:
         raise SystemExit(main(parse_opt()))
-    except KeyboardInterrupt as e:  # run() logged what was saved
+    except KeyboardInterrupt as e:  # once exports started, run() logged what is saved
         raise SystemExit(exit_code(e)) from None
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:  # before any format: a sentence
         setup_logging()

@@ -31,6 +31,21 @@ def nano_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def eight_images(tmp_path_factory) -> Path:
+    """8 training images, one batch: an epoch of a second or two, so a training run is mostly its start-up."""
+    import yaml
+
+    from utils.synthetic import generate_shapes
+
+    root = tmp_path_factory.mktemp("eight") / "shapes"
+    generate_shapes(root, n_train=8, n_val=4, imgsz=64, seed=3)
+    data = root.parent / "eight.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                    "names": ["circle", "square", "triangle"]}))
+    return data
+
+
 def weights_copy(checkpoint: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(checkpoint, folder / checkpoint.name))
@@ -59,8 +74,8 @@ def hidden(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_training_stopped_mid_save_keeps_last_and_says_how_to_resume(tiny_data, tmp_path, sig):
-    proc = start(["train.py", "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--epochs", "3", "--imgsz", "64",
+def test_training_stopped_mid_save_keeps_last_and_says_how_to_resume(eight_images, tmp_path, sig):
+    proc = start(["train.py", "--cfg", "yolov5n.yaml", "--data", str(eight_images), "--epochs", "3", "--imgsz", "64",
                   "--batch-size", "8", "--workers", "0", "--noval", "--noplots", "--project", str(tmp_path),
                   "--name", "exp"])
     wdir = tmp_path / "exp" / "weights"
@@ -98,7 +113,8 @@ def test_stale_temporaries_of_dead_processes_are_swept_at_the_next_start(nano_ch
     dead.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        stale = [tmp_path / f".m.{dead.pid}@{HOST}.k3j_x9.tmp.onnx", tmp_path / f".last.{dead.pid}@{HOST}.a1b2c3.tmp.pt"]
+        stale = [tmp_path / f".m.{dead.pid}@{HOST}.k3j_x9.tmp.onnx",
+                 tmp_path / f".last.{dead.pid}@{HOST}.a1b2c3.tmp.pt"]
         stale_dir = tmp_path / f".m_openvino_model.{dead.pid}@{HOST}.zz9.tmp"
         kept = [tmp_path / f".m.{alive.pid}@{HOST}.q1w2e3.tmp.onnx",  # a live export beside ours
                 tmp_path / f".m.{dead.pid}@another-host.r4t5y6.tmp.onnx",  # a shared disk: not ours to judge
@@ -124,14 +140,14 @@ def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, t
     torch.manual_seed(1)
     save_checkpoint(weights, Model("yolov5n.yaml", nc=3))  # other weights: a replaced file would show
     monkeypatch.setitem(export.TOLERANCE, "fp32", -1.0)  # the real verification runs, and no file can pass it
-    results = {r.format: r for r in export.run(weights=weights, include=["torchscript", "onnx", "openvino"], imgsz=64)}
+    results = {r.format: r for r in export.run(weights=weights, include=["fused", "onnx", "openvino"], imgsz=64)}
     assert not any(r.ok for r in results.values())
     for fmt, f in good.items():
         after = sorted((p.relative_to(f), p.read_bytes()) for p in ([f] if f.is_file() else f.rglob("*")))
         assert after == before[fmt], f"{fmt}: the verified file was replaced"
         assert f"kept as {results[fmt].file.name} (the previous {f.name} is unchanged)" in results[fmt].error
     assert results["onnx"].file.name == "m.failed.onnx" and results["openvino"].file.name == "m_openvino_model.failed"
-    ts = results["torchscript"]
-    assert "kept as m.failed.torchscript (no m.torchscript was written)" in ts.error and ts.file.is_file()
+    fused = results["fused"]
+    assert "kept as m-fused.failed.pt (no m-fused.pt was written)" in fused.error and fused.file.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["m.pt", "m.onnx", "m_openvino_model", "m.failed.onnx", "m_openvino_model.failed", "m.failed.torchscript"])
+        ["m.pt", "m.onnx", "m_openvino_model", "m.failed.onnx", "m_openvino_model.failed", "m-fused.failed.pt"])

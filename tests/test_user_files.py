@@ -47,7 +47,7 @@ def test_checkpoints_and_exports_get_the_umask_mode(umask, tmp_path):
     assert (file_mode, dir_mode) == (0o666 & ~umask, 0o777 & ~umask)  # 0644/0755, 0640/0750
     weights = save_checkpoint(tmp_path / "m.pt", Model("yolov5n.yaml", nc=3))
     engine = write_engine_file(tmp_path / "m.engine", {"stride": 32}, b"engine bytes")
-    results = export.run(weights=weights, include=["fused", "torchscript", "onnx", "openvino"], imgsz=64)
+    results = export.run(weights=weights, include=["fused", "openvino"], imgsz=64)
     assert all(r.ok for r in results)
     files = [weights, engine, *(r.file for r in results if r.file.is_file())]
     folders = [r.file for r in results if r.file.is_dir()]
@@ -105,7 +105,8 @@ def test_data_yaml_and_its_image_lists_with_bom_and_crlf(tiny_data, tmp_path):
     plain, win = twins(tmp_path, "data.yaml", yaml.safe_dump({**data, "train": plain_list.name}))
     win.write_bytes(windows(yaml.safe_dump({**data, "train": win_list.name})))
     a, b = check_dataset(plain), check_dataset(win)
-    assert list_image_files(b["train"]) == list_image_files(a["train"]) and len(list_image_files(a["train"])) == len(images)
+    listed = list_image_files(a["train"])
+    assert list_image_files(b["train"]) == listed and len(listed) == len(images)
     assert a["names"] == b["names"]
 
 

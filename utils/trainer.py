@@ -341,7 +341,8 @@ class Trainer:
                     dist.broadcast_object_list(flag, 0)
                     stop = flag[0]
                 if stop:
-                    LOGGER.info(f"Stopping early: no improvement for {opt.patience} epochs (best epoch {self.stopper.best_epoch})")
+                    LOGGER.info(f"Stopping early: no improvement for {opt.patience} epochs "
+                                f"(best epoch {self.stopper.best_epoch})")
                     break
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under train.py: say what is saved, then stop
             self.log_interrupted(e, epoch)
