@@ -23,6 +23,8 @@ image size and probabilities as they are, must stay below ``TOLERANCE`` (5e-4 fo
 fp16). With --nms the graph ends in ONNX NonMaxSuppression and the check is against
 ``utils.ops.non_max_suppression``. A summary table follows; the exit status is 1 if any requested
 format failed (the others are still exported). ``run(**kwargs)`` is importable and returns the results.
+Files are written into a hidden staging folder and get their name only once verified: a failed one is kept
+as ``<name>.failed<suffix>`` (``best.failed.onnx``) and the previous verified file stays in place.
 
 ``--int8`` also writes a calibrated INT8 model for each of onnx (``<stem>-int8.onnx``, ONNX Runtime QDQ),
 openvino (``<stem>_int8_openvino_model/``, NNCF) and engine (``<stem>-int8.engine``, TensorRT from the QDQ

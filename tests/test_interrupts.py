@@ -69,16 +69,24 @@ def wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
         time.sleep(0.02)
 
 
+def dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
 def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_training_stopped_mid_save_keeps_last_and_says_how_to_resume(eight_images, tmp_path, sig):
+    wdir = tmp_path / "exp" / "weights"
+    wdir.mkdir(parents=True)
+    (wdir / f".last.{dead_pid()}@{HOST}.k3j_x9.tmp.pt").write_bytes(b"")  # from a SIGKILLed run: swept at start
     proc = start(["train.py", "--cfg", "yolov5n.yaml", "--data", str(eight_images), "--epochs", "3", "--imgsz", "64",
                   "--batch-size", "8", "--workers", "0", "--noval", "--noplots", "--project", str(tmp_path),
-                  "--name", "exp"])
-    wdir = tmp_path / "exp" / "weights"
+                  "--name", "exp", "--exist-ok"])
     # last.pt of epoch 0 is in place and epoch 1's last.pt is being written: the signal lands mid-save
     wait_for(proc, lambda: (wdir / "last.pt").is_file() and any(wdir.glob(".last.*.tmp.pt")))
     proc.send_signal(sig)
@@ -109,15 +117,14 @@ def test_export_terminated_mid_write_keeps_the_previous_file(nano_checkpoint, tm
 
 def test_stale_temporaries_of_dead_processes_are_swept_at_the_next_start(nano_checkpoint, tmp_path):
     weights = weights_copy(nano_checkpoint, tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    dead = dead_pid()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        stale = [tmp_path / f".m.{dead.pid}@{HOST}.k3j_x9.tmp.onnx",
-                 tmp_path / f".last.{dead.pid}@{HOST}.a1b2c3.tmp.pt"]
-        stale_dir = tmp_path / f".m_openvino_model.{dead.pid}@{HOST}.zz9.tmp"
+        stale = [tmp_path / f".m.{dead}@{HOST}.k3j_x9.tmp.onnx",
+                 tmp_path / f".last.{dead}@{HOST}.a1b2c3.tmp.pt"]
+        stale_dir = tmp_path / f".m_openvino_model.{dead}@{HOST}.zz9.tmp"
         kept = [tmp_path / f".m.{alive.pid}@{HOST}.q1w2e3.tmp.onnx",  # a live export beside ours
-                tmp_path / f".m.{dead.pid}@another-host.r4t5y6.tmp.onnx",  # a shared disk: not ours to judge
+                tmp_path / f".m.{dead}@another-host.r4t5y6.tmp.onnx",  # a shared disk: not ours to judge
                 tmp_path / ".m.tmp.onnx", tmp_path / ".m.123.tmp"]  # the user's own files
         for p in stale + kept:
             p.write_bytes(b"")
