@@ -105,9 +105,15 @@ def replace_path(src: Path, dst: Path) -> None:
         os.replace(src, dst)
         return
     old = temporary_dir(dst.parent, dst.name, "old")
-    os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(dst, old / dst.name)
+        try:
+            os.replace(src, dst)
+        except BaseException:  # a signal between the renames: the previous folder goes back
+            os.replace(old / dst.name, dst)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_path(path: Path) -> None:
