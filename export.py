@@ -187,9 +187,9 @@ def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, floa
 # Export
 # ---------------------------------------------------------------------------------------------
 
-def failed_name(path: Path) -> Path:
+def failed_name(path: Path, is_dir: bool) -> Path:
     """Where an export that failed verification is kept: ``best.failed.onnx``, ``best_openvino_model.failed``."""
-    if path.suffix and not path.is_dir():
+    if path.suffix and not is_dir:
         return path.with_name(f"{path.stem}.failed{path.suffix}")
     return path.with_name(f"{path.name}.failed")
 
@@ -205,12 +205,12 @@ def _verify(fmt: str, file: Path, ctx: ExportContext, result: ExportResult, int8
         result.max_abs_diff, result.error_ratio = verify_export(fmt, file, ctx)
 
 
-def _keep_failed(staged: Path, final: Path) -> str:
-    """Move an export that failed verification out of the way; the sentence that says where it went."""
-    kept = failed_name(final)
+def _keep_failed(staged: Path, final: Path) -> tuple[Path, str]:
+    """Move an export that failed verification out of the way: (where it went, the sentence that says so)."""
+    kept = failed_name(final, staged.is_dir())
     replace_path(staged, kept)
     previous = f"the previous {final.name} is unchanged" if final.exists() else f"no {final.name} was written"
-    return f"; the unverified export is kept as {kept.name} ({previous})"
+    return kept, f"; the unverified export is kept as {kept.name} ({previous})"
 
 
 def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult:
@@ -239,8 +239,8 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
         result.seconds = result.seconds or time.time() - t0
         result.error = f"{type(e).__name__}: {e}"
         if staged is not None and staged.exists():
-            result.error += _keep_failed(staged, result.file)
-            result.file = failed_name(result.file)
+            result.file, kept = _keep_failed(staged, result.file)
+            result.error += kept
         LOGGER.error(f"{name}: export failed: {result.error}")
         if ctx.verbose:
             LOGGER.exception(e)
