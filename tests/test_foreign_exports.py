@@ -188,3 +188,53 @@ def test_unusable_yolov7_forms_say_which_export_option(path, match):
     with pytest.raises(ValueError, match=match) as e:
         load_backend(FOREIGN / path)
     assert "\n" not in str(e.value)
+
+
+def _edited_copy(tmp_path, edit) -> Path:
+    """y5.onnx with ``edit(model)`` applied (metadata or input dims changed), saved under tmp_path."""
+    import onnx
+
+    model = onnx.load(str(FOREIGN / FILES["yolov5-onnx"][0]))
+    edit(model)
+    path = tmp_path / "edited.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _set_names(value):
+    def edit(model):
+        (p,) = [p for p in model.metadata_props if p.key == "names"]
+        p.value = value
+    return edit
+
+
+def test_names_that_disagree_with_the_output_are_refused(tmp_path):
+    path = _edited_copy(tmp_path, _set_names("{0: 'person', 1: 'bicycle', 2: 'car'}"))
+    with pytest.raises(ValueError, match="lists 3 class names in its metadata but its output has 80 classes"):
+        load_backend(path)
+
+
+def test_metadata_is_never_run_as_code(tmp_path):
+    marker = tmp_path / "ran"
+    path = _edited_copy(tmp_path, _set_names(f"__import__('pathlib').Path({str(marker)!r}).touch()"))
+    with pytest.raises(ValueError, match="'names' metadata is not a list or {id: name} dict"):
+        load_backend(path)
+    assert not marker.exists()
+
+
+def test_symbolic_input_dims_are_dynamic(tmp_path):
+    def edit(model):
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[0].dim_param, dims[2].dim_param = "batch", "height"
+    backend = load_backend(_edited_copy(tmp_path, edit))
+    assert backend.imgsz is None and backend.batch is None
+
+
+def test_yolov5_onnx_fixed_input_in_detect_on_a_portrait_image(tmp_path, yolo_logs):
+    """YOLOv5's ONNX has a fixed input and no imgsz metadata: detect letterboxes an 810x1080 image to it
+    (before: letterboxed to 480x640 by default and ONNX Runtime failed with 'Got invalid dimensions')."""
+    (r,) = detect.run(weights=FOREIGN / FILES["yolov5-onnx"][0], source=SHARED / "images" / "bus.jpg", nosave=True,
+                      project=tmp_path)
+    assert f"exported for ({IMGSZ}, {IMGSZ}) inputs" in yolo_logs.text
+    assert f"bus.jpg: {IMGSZ}x{IMGSZ} " in yolo_logs.text
+    assert r.shape == (1080, 810)
