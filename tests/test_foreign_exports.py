@@ -238,3 +238,14 @@ def test_yolov5_onnx_fixed_input_in_detect_on_a_portrait_image(tmp_path, yolo_lo
     assert f"exported for ({IMGSZ}, {IMGSZ}) inputs" in yolo_logs.text
     assert f"bus.jpg: {IMGSZ}x{IMGSZ} " in yolo_logs.text
     assert r.shape == (1080, 810)
+
+
+def test_yolov7_rows_of_several_images_go_to_their_image():
+    """YOLOv7's --end2end rows carry the image index: an image without rows gets none, the others theirs."""
+    from utils.foreign_exports import yolov7_rows_to_end2end
+
+    rows = torch.tensor([[2, 1, 2, 3, 4, 5, 0.9], [0, 5, 6, 7, 8, 1, 0.5], [2, 2, 2, 3, 4, 6, 0.8]])
+    dets = postprocess(yolov7_rows_to_end2end(rows, 3), 0.25, 0.45, end2end=True)
+    assert [len(d) for d in dets] == [1, 0, 2]
+    assert dets[0].tolist() == [[5, 6, 7, 8, 0.5, 1]]
+    torch.testing.assert_close(dets[2], torch.tensor([[1, 2, 3, 4, 0.9, 5], [2, 2, 3, 4, 0.8, 6]]))

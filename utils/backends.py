@@ -13,6 +13,8 @@ boxes (b, max_det, 4) xyxy, scores (b, max_det), classes (b, max_det))`` instead
 Stride, names and image size come from the metadata each exporter writes into its file (see
 ``export.py``): TorchScript ``config.txt``, ONNX ``metadata_props``, OpenVINO ``metadata.yaml`` and a
 length-prefixed JSON header in front of a TensorRT engine.
+Files that YOLOv5's and YOLOv7's export.py wrote say less or say it differently: the gaps are filled from
+the graph itself (``utils.foreign_exports``).
 """
 from __future__ import annotations
 
@@ -299,8 +301,12 @@ class OnnxRuntimeBackend(Backend):
         self.output_names = [o.name for o in outputs]
         self.layout = output_layout([(o.name, list(o.shape)) for o in outputs], weights)
         self.end2end = self.end2end or self.layout != DECODED
-        nc = end2end_classes(self.weights) if self.layout == YOLOV7_END2END else classes_from_output(outputs[0].shape)
-        self.names = check_names(self.names, None if self.end2end and self.layout != YOLOV7_END2END else nc, weights)
+        nc = None  # the class count the outputs imply (ours with NMS inside have names and no count)
+        if self.layout == DECODED:
+            nc = classes_from_output(outputs[0].shape)
+        elif self.layout == YOLOV7_END2END:
+            nc = end2end_classes(self.weights)
+        self.names = check_names(self.names, nc, weights)
 
     def _forward(self, im):
         x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
