@@ -68,7 +68,7 @@ def check_names(names: list[str], nc: int | None, source) -> list[str]:
         return names
     if not names:
         LOGGER.warning(f"WARNING {source} has no class names (YOLOv7's export.py writes none): naming its {nc} "
-                       "classes '0'..'{}' (pass --data or set names to label them)".format(nc - 1))
+                       f"classes '0'..'{nc - 1}' (pass --data or set names to label them)")
         return [str(i) for i in range(nc)]
     if len(names) != nc:
         raise ValueError(f"{source} lists {len(names)} class names in its metadata but its output has {nc} classes: "
