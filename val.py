@@ -29,8 +29,9 @@ def load_for_validation(weights, data, task, device, batch_size, imgsz, half, si
     from utils.dataset_config import check_dataset
 
     backend = load_backend(weights, device, fp16=half, fuse=False)  # a .pt validates exactly as stored
-    if backend.end2end:
-        raise ValueError(f"{weights} has NMS inside (exported with --nms): export without --nms to validate it")
+    if backend.end2end:  # its NMS ran with the exporter's confidence threshold and box limit: mAP comes out lower
+        LOGGER.warning(f"WARNING {weights} has NMS inside (--nms, or YOLOv7's --end2end): validating the boxes its "
+                       "own NMS keeps; mAP is lower than the model's (export without NMS for the true figure)")
     rect = backend.imgsz is None
     if not rect:  # a fixed-shape export: its own size, square batches of its batch size
         imgsz, batch_size = int(max(backend.imgsz)), backend.batch or batch_size

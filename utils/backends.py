@@ -13,6 +13,8 @@ boxes (b, max_det, 4) xyxy, scores (b, max_det), classes (b, max_det))`` instead
 Stride, names and image size come from the metadata each exporter writes into its file (see
 ``export.py``): TorchScript ``config.txt``, ONNX ``metadata_props``, OpenVINO ``metadata.yaml`` and a
 length-prefixed JSON header in front of a TensorRT engine.
+Files that YOLOv5's and YOLOv7's export.py wrote say less or say it differently: the gaps are filled from
+the graph itself (``utils.foreign_exports``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.foreign_exports import (DECODED, YOLOV7_END2END, check_names, classes_from_output, decode_value,
+                                   end2end_classes, output_layout, refuse_tensorrt_plugins, shape_from_dims,
+                                   yolov7_rows_to_end2end)
 from utils.general import LOGGER, load_yaml
 
 SUPPORTED_FORMATS = {
@@ -47,30 +52,28 @@ class BackendUnavailable(RuntimeError):
 # Metadata
 # ---------------------------------------------------------------------------------------------
 
-def _decode(value):
-    """ONNX metadata values are strings; JSON-decode them, keep plain strings as they are."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value  # a plain string value such as a description
-
-
 def parse_metadata(raw: dict[str, Any] | None, source: str) -> dict:
-    """Normalise a format's metadata dict: stride int, names list, imgsz (h, w) tuple, flags bool."""
-    raw = {k: _decode(v) for k, v in (raw or {}).items()}
-    if "stride" not in raw or "names" not in raw:
-        LOGGER.warning(f"WARNING {source} has no stride/names metadata: assuming stride 32 and numbered class names")
+    """Normalise a format's metadata dict: stride int, names list, imgsz (h, w) tuple, flags bool.
+
+    Values may be JSON or Python literals (YOLOv5 writes ``str(names)``); YOLOv5's TorchScript gives the
+    input as ``shape`` (b, 3, h, w). A file without names gets them numbered from its output by the backend."""
+    raw = {k: decode_value(v) for k, v in (raw or {}).items()}
+    if "stride" not in raw:
+        LOGGER.warning(f"WARNING {source} has no stride metadata: assuming stride 32")
     names = raw.get("names") or []
     if isinstance(names, dict):  # {id: name} as YOLOv5 data files write it
         names = [names[k] for k in sorted(names, key=int)]
-    imgsz = raw.get("imgsz")
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{source}: its 'names' metadata is not a list or {{id: name}} dict ({str(names)[:60]!r}); "
+                         "re-export the model")
+    imgsz, batch = raw.get("imgsz"), raw.get("batch")
+    if not imgsz and raw.get("shape"):  # YOLOv5's TorchScript config.txt
+        imgsz, batch = shape_from_dims(raw["shape"])
     return {
         "stride": int(raw.get("stride", 32)),
         "names": [str(n) for n in names],
         "imgsz": tuple(int(x) for x in imgsz) if imgsz else None,
-        "batch": int(raw["batch"]) if raw.get("batch") else None,
+        "batch": int(batch) if batch else None,
         "dynamic": bool(raw.get("dynamic", False)),
         "end2end": bool(raw.get("end2end", False)),
         "half": bool(raw.get("half", False)),
@@ -260,14 +263,17 @@ class TorchScriptBackend(Backend):
         with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; loading it is this class's job
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=FutureWarning)
             self.model = torch.jit.load(str(self.weights), _extra_files=extra, map_location=self.device).eval()
-        meta = parse_metadata(json.loads(extra["config.txt"]) if extra["config.txt"] else None, str(weights))
+        meta = parse_metadata(decode_value(extra["config.txt"]) if extra["config.txt"] else None, str(weights))
         self._apply_metadata(meta)
         self.fp16 = fp16 or meta["half"]
         self.model = self.model.half() if self.fp16 else self.model.float()
 
     @torch.no_grad()
     def _forward(self, im):
-        return self.model(im.to(self.device, torch.float16 if self.fp16 else torch.float32))
+        y = self.model(im.to(self.device, torch.float16 if self.fp16 else torch.float32))
+        if isinstance(y, (list, tuple)) and not self.end2end:  # YOLOv5's: (decoded,) or (decoded, raw maps)
+            y = y[0]
+        return y
 
 
 class OnnxRuntimeBackend(Backend):
@@ -283,16 +289,30 @@ class OnnxRuntimeBackend(Backend):
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
             else:
                 LOGGER.warning("WARNING onnxruntime has no CUDAExecutionProvider here: running ONNX on the CPU")
-        self.session = ort.InferenceSession(str(self.weights), providers=providers)
-        self._apply_metadata(parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(weights)))
-        inp = self.session.get_inputs()[0]
+        try:
+            self.session = ort.InferenceSession(str(self.weights), providers=providers)
+        except Exception:
+            refuse_tensorrt_plugins(self.weights)  # one sentence for YOLOv7's TensorRT-NMS graph
+            raise
+        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(weights))
+        inp, outputs = self.session.get_inputs()[0], self.session.get_outputs()
+        self._apply_metadata(_graph_input(meta, inp.shape))
         self.input_name, self.fp16 = inp.name, inp.type == "tensor(float16)"
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.end2end = self.end2end or self.output_names[:1] == ["num_dets"]
+        self.output_names = [o.name for o in outputs]
+        self.layout = output_layout([(o.name, list(o.shape)) for o in outputs], weights)
+        self.end2end = self.end2end or self.layout != DECODED
+        nc = None  # the class count the outputs imply (ours with NMS inside have names and no count)
+        if self.layout == DECODED:
+            nc = classes_from_output(outputs[0].shape)
+        elif self.layout == YOLOV7_END2END:
+            nc = end2end_classes(self.weights)
+        self.names = check_names(self.names, nc, weights)
 
     def _forward(self, im):
         x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
         y = self.session.run(self.output_names, {self.input_name: x})
+        if self.layout == YOLOV7_END2END:
+            return yolov7_rows_to_end2end(torch.from_numpy(y[0]), len(x))
         return [torch.from_numpy(a) for a in y] if self.end2end else torch.from_numpy(y[0])
 
 
@@ -309,20 +329,39 @@ class OpenVINOBackend(Backend):
             if len(xmls) != 1:
                 raise FileNotFoundError(f"{path} should hold exactly one OpenVINO .xml model, found {len(xmls)}")
             path = xmls[0]
-        meta_file = path.parent / "metadata.yaml"
-        meta = load_yaml(meta_file, "OpenVINO metadata file") if meta_file.is_file() else None
-        self._apply_metadata(parse_metadata(meta, str(weights)))
-        self.fp16 = fp16 or bool(meta and meta.get("half"))
+        # ours: metadata.yaml; YOLOv5's: <stem>.yaml beside the .xml
+        meta_file = next((f for f in (path.parent / "metadata.yaml", path.with_suffix(".yaml")) if f.is_file()), None)
+        meta = load_yaml(meta_file, "OpenVINO metadata file") if meta_file else None
         core = ov.Core()
+        model = core.read_model(str(path))
+        meta = parse_metadata(meta, str(weights))
+        self._apply_metadata(_graph_input(meta, _ov_dims(model.inputs[0])))
+        self.fp16 = fp16 or meta["half"]
         # f32 unless fp16 is asked for: the CPU plugin would otherwise pick bf16 on CPUs that have it
         config = {} if fp16 else {"INFERENCE_PRECISION_HINT": "f32"}
-        self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.model = core.compile_model(model, "CPU", config)
         self.end2end = self.end2end or len(self.model.outputs) == 4
+        if not self.end2end:
+            self.names = check_names(self.names, classes_from_output(_ov_dims(model.outputs[0])), weights)
 
     def _forward(self, im):
         result = self.model(im.detach().cpu().float().numpy())
         y = [torch.from_numpy(np.asarray(result[o])) for o in self.model.outputs]
         return y if self.end2end else y[0]
+
+
+def _graph_input(meta: dict, dims) -> dict:
+    """Metadata with the input size and batch read from the graph's input where the metadata has none
+    (YOLOv5's and YOLOv7's ONNX files are fixed-shape without saying so); symbolic dimensions are dynamic."""
+    if meta["imgsz"] or meta["dynamic"]:
+        return meta
+    imgsz, batch = shape_from_dims(dims)
+    return {**meta, "imgsz": imgsz, "batch": batch or meta["batch"]}
+
+
+def _ov_dims(port) -> list:
+    """An OpenVINO port's dimensions: ints where static, None where dynamic."""
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
 
 class _TensorRTBindings:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from utils.backends import load_backend
 from utils.coco import coco_image_id, detections_to_json
+from utils.detections import postprocess
 from utils.general import LOGGER, unique_name
 from utils.metric_plots import plot_confusion_matrix, plot_metric_curves
 from utils.metrics import ConfusionMatrix, evaluate_detections
@@ -141,8 +142,11 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
         targets[:, 2:] *= torch.tensor((im.shape[3], im.shape[2]) * 2, device=device)
         # no NMS time budget (YOLOv5's val drops a batch's remaining images past 0.5 + 0.05 * bs seconds,
         # which lowers mAP on a loaded machine)
-        preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
-                                    max_det=max_det)
+        if backend.end2end:  # NMS inside the file: its (num, boxes, scores, classes) filtered by conf and max_det
+            preds = postprocess(preds, conf_thres, iou_thres, max_det=max_det, end2end=True)
+        else:
+            preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
+                                        max_det=max_det)
         t3 = synced_time(device)
         dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
         collector.add_batch(preds, targets, im, paths, shapes)
