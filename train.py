@@ -26,7 +26,9 @@ import yaml
 from utils.atomic import sweep_stale
 from utils.checkpoint import CheckpointError, read_checkpoint
 from utils.dataset_config import check_dataset
-from utils.general import LOGGER, ROOT, TrainingDiverged, excerpt, increment_path, load_yaml, setup_logging
+from models.yolo import check_model_config
+from utils.general import LOGGER, ROOT, TrainingDiverged, increment_path, load_yaml, setup_logging
+from utils.hyperparameters import check_hyp
 from utils.torch_utils import init_seeds, select_device
 
 DEFAULT_CFG = "yolov5s_RepVGG.yaml"
@@ -144,13 +146,9 @@ def prepare(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict, di
         opt.hyp = str(base / data["hyp"]) if data.get("hyp") else str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
-    hyp = ckpt["hyp"] if ckpt is not None else load_yaml(opt.hyp, "hyperparameter file")
-    missing = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "box", "cls", "obj", "anchor_t"} - set(hyp)
-    if missing:
-        raise ValueError(f"{opt.hyp} lacks hyperparameters {sorted(missing)}")
-    not_numbers = [f"{k}: {excerpt(v, 40)}" for k, v in hyp.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if not_numbers:
-        raise ValueError(f"{opt.hyp}: hyperparameters must be numbers; not numbers: {', '.join(not_numbers)}")
+    hyp = check_hyp(ckpt["hyp"] if ckpt is not None else load_yaml(opt.hyp, "hyperparameter file"), opt.hyp)
+    if ckpt is None and opt.cfg:  # a config that cannot train fails now, not after the run folder exists
+        check_model_config(opt.cfg, nc=1 if opt.single_cls else int(data["nc"]), anchors=hyp.get("anchors"))
     if ckpt is None:  # rank 0 claims the folder (mkdir); other DDP ranks never write to it
         main_rank = int(os.environ.get("RANK", -1)) in (-1, 0)
         exist_ok = opt.exist_ok or bool(opt.evolve)  # an evolution continues in its folder

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from utils.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json
+from utils.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json, require_pycocotools
 from utils.backends import load_backend
 from utils.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
 from utils.general import LOGGER, ROOT, check_options, increment_path, setup_logging
@@ -75,6 +75,8 @@ def run(
     otherwise ``weights`` (any format) on ``data``'s ``task`` split. --half applies on CUDA only."""
     check_options(batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                   workers=workers)
+    if save_json:  # refused before any work where pycocotools is missing
+        require_pycocotools()
     if model is None:
         device = select_device(device, batch_size)
         if task == "speed":  # YOLOv5's speed benchmark settings

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.config_check import check_anchors, check_head, check_inputs, check_layout, check_multiples, check_sizes
 from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QARepVGGBlock, RepVGGBlock
 from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
@@ -162,6 +163,7 @@ MODULES: dict[str, type[nn.Module]] = {
 CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, QARepVGGBlock, OREPA, RepConv, SPPCSPC)
 REPEAT_INSIDE = (C3, SPPCSPC)  # the repeat count is an argument, not a stack of copies
 NAMED_ARGS = ("nc", "anchors")  # the only names a config's arguments may refer to
+HEADS = tuple(name for name, m in MODULES.items() if issubclass(m, Detect))
 
 
 def resolve_cfg(cfg: str | Path) -> Path:
@@ -239,9 +241,10 @@ def parse_model(d: dict, ch: list[int]):
         raise ValueError(f"model config: 'nc' must be a positive int, got {excerpt(nc)}")
     if not all(isinstance(d[k], list) for k in ("backbone", "head")):
         raise ValueError("model config: 'backbone' and 'head' must be lists of [from, number, module, args] rows")
-    gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
+    gd, gw = check_multiples(d)
+    check_anchors(anchors)
     act = parse_activation(d.get("activation"))
-    na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
+    na = len(anchors[0]) // 2 if isinstance(anchors, (list, tuple)) else anchors
     no = na * (nc + 5)
     named = {"nc": nc, "anchors": anchors}
     layers, save, c2 = [], [], ch[-1]
@@ -258,6 +261,7 @@ def parse_model(d: dict, ch: list[int]):
             raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {excerpt(args)}")
         froms = _check_from(i, f, entry)
         m = MODULES[name]
+        check_inputs(i, entry, name, froms, multi_input=m is Concat or issubclass(m, Detect))
         args, kwargs = _row_activation(i, m, [_resolve_arg(a, named) for a in args], entry)
         if act is not None and m in CHANNEL_MODULES:
             kwargs.setdefault("act", act)  # the config-wide activation, unless the row names one
@@ -280,12 +284,14 @@ def parse_model(d: dict, ch: list[int]):
         elif m is Concat:
             c2 = sum(ch[j] for j in froms)
         elif issubclass(m, Detect):
+            check_head(i, entry, len(froms), args[1] if len(args) > 1 else None)
             args.append([ch[j] for j in froms])
             if len(args) > 1 and isinstance(args[1], int):  # anchor count only: placeholders, AutoAnchor fills them
                 args[1] = [list(range(args[1] * 2))] * len(froms)
         else:
             c2 = ch[froms[0]]
         _check_signature(i, m, args, kwargs, entry)
+        check_sizes(i, entry, m, args, kwargs)
         try:
             if n > 1:  # later copies take the first copy's output channels
                 later = [c2, *args[1:]] if m in CHANNEL_MODULES else args
@@ -300,7 +306,58 @@ def parse_model(d: dict, ch: list[int]):
         if i == 0:
             ch = []
         ch.append(c2)
+    check_layout([x.type for x in layers], HEADS)
     return nn.Sequential(*layers), sorted(set(save))
+
+
+def layer_input(m: nn.Module, x, y: list):
+    """What layer ``m`` reads: the previous output ``x``, or the saved outputs ``y`` its 'from' names."""
+    if m.f == -1:
+        return x
+    return y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+
+
+def _shapes(x) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in x) if isinstance(x, list) else str(tuple(x.shape))
+
+
+def trace_layers(layers: nn.Sequential, save: list[int], x: Tensor):
+    """One forward through ``layers`` that names the layer that fails and the shapes it was given (the
+    stride probe and ``check_model_config`` run it; ``Model._forward_once`` is the same loop, unchecked)."""
+    y = []
+    for m in layers:
+        inputs = layer_input(m, x, y)
+        try:
+            x = m(inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise ValueError(f"layer {m.i} ({m.type}{excerpt(tuple(m.args))}, from {m.f}) fails on inputs of shape "
+                             f"{_shapes(inputs)}: {excerpt(str(e))}; check its arguments and 'from'") from None
+        y.append(x if m.i in save else None)
+    return x
+
+
+def model_config(cfg: str | Path | dict, ch: int = 3, nc: int | None = None, anchors=None, verbose: bool = False) -> dict:
+    """The config a Model is built from: the file (or dict) with the input channels, class count and
+    anchor count (hyp 'anchors') applied."""
+    d = load_cfg(cfg)
+    d["ch"] = d.get("ch", ch)
+    if nc and nc != d.get("nc"):
+        if verbose:
+            LOGGER.info(f"Overriding model.yaml nc={d.get('nc')} with nc={nc}")
+        d["nc"] = nc
+    if anchors:
+        d["anchors"] = round(anchors)
+    return d
+
+
+def check_model_config(cfg: str | Path | dict, ch: int = 3, nc: int | None = None, anchors=None, s: int = 256) -> None:
+    """Every error ``Model(cfg, ch, nc, anchors)`` would raise, without its cost: the layers are built on the
+    meta device (shapes only, no memory) and run once at ``s`` x ``s``. train.py calls it before it creates a
+    run folder."""
+    d = model_config(cfg, ch, nc, anchors)
+    with torch.device("meta"):
+        layers, save = parse_model(d, ch=[d["ch"]])
+        trace_layers(layers.eval(), save, torch.zeros(1, d["ch"], s, s))
 
 
 def scale_image(img: Tensor, ratio: float, gs: int = 32) -> Tensor:
@@ -333,13 +390,8 @@ class Model(nn.Module):
 
     def __init__(self, cfg: str | Path | dict = "yolov5s.yaml", ch: int = 3, nc: int | None = None, anchors=None):
         super().__init__()
-        self.yaml = load_cfg(cfg)
-        ch = self.yaml["ch"] = self.yaml.get("ch", ch)
-        if nc and nc != self.yaml["nc"]:
-            LOGGER.info(f"Overriding model.yaml nc={self.yaml['nc']} with nc={nc}")
-            self.yaml["nc"] = nc
-        if anchors:
-            self.yaml["anchors"] = round(anchors)
+        self.yaml = model_config(cfg, ch, nc, anchors, verbose=True)
+        ch = self.yaml["ch"]
         self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
         self.names = [str(i) for i in range(self.yaml["nc"])]
         self.inplace = self.yaml.get("inplace", True)
@@ -370,7 +422,7 @@ class Model(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            _, raw = self.forward(torch.zeros(1, ch, s, s))
+            _, raw = trace_layers(self.model, self.save, torch.zeros(1, ch, s, s))
         finally:
             self.train(was_training)
         return torch.tensor([s / x.shape[2] for x in raw])
@@ -413,9 +465,7 @@ class Model(nn.Module):
     def _forward_once(self, x: Tensor):
         y = []
         for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
+            x = m(layer_input(m, x, y))
             y.append(x if m.i in self.save else None)
         return x
 

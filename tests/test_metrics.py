@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from conftest import COCO128_YAML
 from utils.general import LOGGER
@@ -81,8 +79,11 @@ def _fake_predictions(gts, seed: int, quantize: bool = False) -> list[np.ndarray
     return preds
 
 
-def _pycocotools(gts, preds) -> COCOeval:
-    """COCOeval bbox stats on the same boxes, default params (the inputs have <= 100 detections per image)."""
+def _pycocotools(gts, preds):
+    """COCOeval bbox stats on the same boxes, default params (the inputs have <= 100 detections per image).
+    Imported here: the module's other tests (and its collection, on a machine without pycocotools) need none."""
+    COCO = pytest.importorskip("pycocotools.coco").COCO
+    COCOeval = pytest.importorskip("pycocotools.cocoeval").COCOeval
     images = [{"id": i + 1, "width": 1000, "height": 1000} for i in range(len(gts))]
     anns, dets = [], []
     for i, (t, p) in enumerate(zip(gts, preds)):
@@ -103,7 +104,7 @@ def _pycocotools(gts, preds) -> COCOeval:
     return ev
 
 
-def _coco_per_class_ap(ev: COCOeval) -> np.ndarray:
+def _coco_per_class_ap(ev) -> np.ndarray:
     """(classes with GT, thresholds) AP from pycocotools' precision array (area 'all', maxDets 100)."""
     prec = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
     present = (prec > -1).all((0, 1))

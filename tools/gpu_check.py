@@ -2,6 +2,8 @@
 
     bash tools/gpu_check.sh                       # from the repository root; coco128 beside the repo if present
     bash tools/gpu_check.sh --data their.yaml --epochs 3 --out runs/gpu_check
+    bash tools/gpu_check.sh --rehearse            # every row on the CPU at tiny sizes (the test suite runs this)
+    PYTHON=venv/bin/python bash tools/gpu_check.sh   # another interpreter than python3 on PATH
 
 Steps (each a row of the table; a failed step does not stop the next unless it needs its output):
   cuda-tests      pytest -m cuda
@@ -15,16 +17,29 @@ Steps (each a row of the table; a failed step does not stop the next unless it n
   detect --half   detect.py --half on the sample images
   ddp nccl        with 2 or more GPUs, a 1-epoch DDP run over NCCL
 
-Exits 2 at once on a machine without CUDA, 1 when a row failed, 0 when all passed.
+``--rehearse`` runs the same rows, commands, parsing and file names on the CPU with tiny sizes (32 px, a
+generated 6-image dataset, 1 epoch) and the CPU's equivalents of CUDA-only options: --device cpu, no --half
+(fp32), DDP over gloo with 2 processes, the TensorRT engine skipped. Its figures are not measurements and the
+0.1 mAP floor is not applied (1 epoch learns nothing); it proves the script itself before a GPU hour is spent.
+It runs two independent groups of rows at a time (about 160 CPU seconds in all on a 2-core x86 machine).
+Optional packages (pycocotools, onnxslim, openvino, nncf, tensorrt) are not needed; a row that needs one
+says so and is skipped.
+
+Exits 2 at once (one line) without torch or, unless rehearsing, without CUDA; 1 when a row failed; 0 when
+all passed.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +47,36 @@ COCO128 = ROOT.parent / "shared" / "datasets" / "coco128" / "coco128.yaml"
 SAMPLE_IMAGES = ROOT.parent / "shared" / "images"
 MAP_TOL = 0.005
 MIN_MAP = 0.1  # the shapes model reaches ~0.48 mAP50-95; below this something is broken before any comparison
-SHAPES_DATA, SHAPES_IMGSZ = str(ROOT / "data" / "shapes.yaml"), "160"
+SHAPES_DATA = str(ROOT / "data" / "shapes.yaml")
+SPEED_CFGS = ("yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml", "yolov5s.yaml")
 SPEED = re.compile(r"Epoch (\d+) speed: ([\d.]+) img/s, peak CUDA memory ([\d.]+) GiB")
 ALL_ROW = re.compile(r"^\s*all\s+\d+\s+\d+\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the rows run with: the GPU recipe, or the CPU rehearsal's tiny sizes and CPU equivalents."""
+    rehearse: bool
+    device: str  # --device of every single-process row
+    data: str  # the three speed rows' dataset
+    epochs: int  # of the speed rows
+    speed_size: tuple[str, ...]  # --imgsz/--batch-size of the speed rows
+    shapes_data: str  # the recipe the precision rows' model is trained with
+    shapes_epochs: int
+    shapes_size: tuple[str, str]  # (--imgsz, --batch-size) of the shapes model, its val, export and detect
+    half: tuple[str, ...]  # ('--half',) on CUDA, () on the CPU (fp32 there)
+    workers: str
+    engine_missing: str | None  # why the TensorRT rows are skipped, None where they run
+    ddp_processes: int  # of the DDP row: one per GPU (2 CPU processes over gloo when rehearsing)
+    ddp_size: tuple[str, ...]  # its --imgsz/--batch-size
+
+
+def has_module(name: str) -> bool:
+    """Whether ``import name`` would find the package, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class Table:
@@ -79,120 +121,202 @@ def map5095(out: str) -> float | None:
 
 
 def cuda_tests(table: Table) -> None:
+    if not has_module("pytest"):  # not among a bare CUDA machine's packages
+        table.add("cuda-tests", None, "needs pytest (pip install pytest)")
+        return
     rc, out, s = sh([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"])
-    summary = next((x for x in reversed(out.splitlines()) if " passed" in x or " failed" in x or "error" in x), tail(out, 1))
-    table.add("cuda-tests", rc == 0, f"{summary.strip()} ({s:.0f}s)")
+    summary = next((x for x in reversed(out.splitlines()) if re.search(r"\d+ (passed|failed|skipped|error)", x)),
+                   tail(out, 1))
+    table.add("cuda-tests", rc == 0, f"{summary.strip()} ({s:.0f}s)" + ("" if rc == 0 else f"; {tail(out)}"))
 
 
-def train(table: Table, cfg: str, data: str, epochs: int, out: Path, name: str = "",
-          size: list[str] = ("--imgsz", "640", "--batch-size", "32")) -> Path | None:
+def train(table: Table, plan: Plan, cfg: str, data: str, epochs: int, out: Path, name: str = "",
+          size: tuple[str, ...] = ()) -> Path | None:
     name = name or Path(cfg).stem
     rc, log, s = sh([sys.executable, "train.py", "--cfg", cfg, "--data", data, *size, "--epochs", str(epochs),
-                     "--device", "0", "--project", str(out), "--name", name, "--exist-ok", "--noplots", "--workers", "8"])
+                     "--device", plan.device, "--project", str(out), "--name", name, "--exist-ok", "--noplots",
+                     "--workers", plan.workers])
     speeds = SPEED.findall(log)
-    amp = "AMP check failed" not in log
+    amp = "n/a on CPU" if plan.rehearse else ("OFF" if "AMP check failed" in log else "on")
     figures = ", ".join(f"e{e}: {float(ips):.0f} img/s {float(mem):.1f} GiB" for e, ips, mem in speeds)
     best = out / name / "weights" / "best.pt"
-    ok = rc == 0 and best.is_file() and len(speeds) == epochs and amp
-    table.add(f"train {name}", ok, f"{figures}; mAP50-95 {map5095(log)}; amp={'on' if amp else 'OFF'}; {s:.0f}s"
+    ok = rc == 0 and best.is_file() and len(speeds) == epochs and amp != "OFF"
+    table.add(f"train {name}", ok, f"{figures}; mAP50-95 {map5095(log)}; amp={amp}; {s:.0f}s"
               + ("" if ok else f"; {tail(log)}"))
     return best if best.is_file() else None
 
 
-def val(weights: Path, data: str, half: bool, name: str, out: Path) -> tuple[float | None, str]:
-    args = [sys.executable, "val.py", "--weights", str(weights), "--data", data, "--imgsz", SHAPES_IMGSZ, "--device", "0",
-            "--project", str(out / "val"), "--name", name, "--exist-ok"]
-    rc, log, _ = sh(args + (["--half"] if half else []))
+def val(plan: Plan, weights: Path, half: bool, name: str, out: Path) -> tuple[float | None, str]:
+    args = [sys.executable, "val.py", "--weights", str(weights), "--data", plan.shapes_data, "--imgsz",
+            plan.shapes_size[0], "--device", plan.device, "--project", str(out / "val"), "--name", name, "--exist-ok"]
+    rc, log, _ = sh(args + (list(plan.half) if half else []))
     return (map5095(log) if rc == 0 else None), log
 
 
-def val_rows(table: Table, best: Path, data: str, out: Path) -> float | None:
-    ref, log = val(best, data, False, "fp32", out)
-    learned = ref is not None and ref > MIN_MAP
-    table.add("val fp32", learned, f"mAP50-95 {ref} (must exceed {MIN_MAP} for the comparisons to mean anything)"
-              if ref is not None else tail(log))
-    low, log = val(best, data, True, "half", out)
+def val_rows(table: Table, plan: Plan, best: Path, out: Path) -> float | None:
+    ref, log = val(plan, best, False, "fp32", out)
+    if plan.rehearse:  # one epoch learns nothing: the floor would fail every rehearsal
+        table.add("val fp32", ref is not None, f"mAP50-95 {ref} (rehearsal: the {MIN_MAP} floor is not applied)"
+                  if ref is not None else tail(log))
+    else:
+        table.add("val fp32", ref is not None and ref > MIN_MAP, f"mAP50-95 {ref} (must exceed {MIN_MAP} for the "
+                  "comparisons to mean anything)" if ref is not None else tail(log))
+    low, log = val(plan, best, True, "half", out)
     ok = ref is not None and low is not None and abs(low - ref) <= MAP_TOL
-    table.add("val --half", ok, f"mAP50-95 {low} (fp32 {ref}, tolerance {MAP_TOL})" if low is not None else tail(log))
+    precision = "half" if plan.half else "fp32 on CPU"
+    table.add("val --half", ok, f"mAP50-95 {low} ({precision}; fp32 {ref}, tolerance {MAP_TOL})" if low is not None
+              else tail(log))
     return ref
 
 
-def export_rows(table: Table, best: Path, data: str, ref: float | None, out: Path) -> None:
-    rc, log, s = sh([sys.executable, "export.py", "--weights", str(best), "--include", "fused", "onnx", "engine",
-                     "--half", "--device", "0", "--imgsz", SHAPES_IMGSZ])
-    trt_missing = "TensorRT Python package" in log
+def export_rows(table: Table, plan: Plan, best: Path, ref: float | None, out: Path) -> None:
+    include = ["fused", "onnx"] + ([] if plan.engine_missing else ["engine"])
+    rc, log, s = sh([sys.executable, "export.py", "--weights", str(best), "--include", *include, *plan.half,
+                     "--device", plan.device, "--imgsz", plan.shapes_size[0]])
     files = {"fused": best.with_name(best.stem + "-fused.pt"), "onnx": best.with_suffix(".onnx"),
              "engine": best.with_suffix(".engine")}
-    ok = rc == 0 or (trt_missing and files["onnx"].is_file() and files["fused"].is_file())
-    table.add("export --half", ok, f"{s:.0f}s" + ("; engine: TensorRT not installed" if trt_missing else "")
-              + ("" if ok else f"; {tail(log)}"))
+    table.add("export --half", rc == 0, f"{' '.join(include)}{' --half' if plan.half else ' (fp32 on CPU)'}; {s:.0f}s"
+              + (f"; engine: {plan.engine_missing}" if plan.engine_missing else "")
+              + ("" if rc == 0 else f"; {tail(log)}"))
     for fmt, f in files.items():
-        if fmt == "engine" and trt_missing:
-            table.add(f"val {fmt}", None, "TensorRT not installed")
+        if fmt == "engine" and plan.engine_missing:
+            table.add(f"val {fmt}", None, plan.engine_missing)
             continue
         if not f.exists():
             table.add(f"val {fmt}", False, f"{f.name} was not written")
             continue
-        got, log = val(f, data, fmt != "fused", fmt, out)
+        got, log = val(plan, f, fmt != "fused", fmt, out)
         ok = got is not None and ref is not None and abs(got - ref) <= MAP_TOL
         table.add(f"val {fmt}", ok, f"mAP50-95 {got} (.pt {ref})" if got is not None else tail(log))
 
 
-def detect_row(table: Table, best: Path, out: Path) -> None:
+def detect_row(table: Table, plan: Plan, best: Path, out: Path) -> None:
     source = SAMPLE_IMAGES if SAMPLE_IMAGES.is_dir() else ROOT / "data" / "images"
-    rc, log, s = sh([sys.executable, "detect.py", "--weights", str(best), "--source", str(source), "--half",
-                     "--device", "0", "--project", str(out / "detect"), "--name", "half", "--exist-ok"])
+    rc, log, s = sh([sys.executable, "detect.py", "--weights", str(best), "--source", str(source), *plan.half,
+                     "--imgsz", plan.shapes_size[0], "--device", plan.device, "--project", str(out / "detect"),
+                     "--name", "half", "--exist-ok"])
     n = len(re.findall(r"image \d+/\d+", log))
-    table.add("detect --half", rc == 0, f"{n} images, {s:.0f}s" + ("" if rc == 0 else f"; {tail(log)}"))
+    ok = rc == 0 and n > 0
+    table.add("detect --half", ok, f"{n} images, {s:.0f}s" + ("" if ok else f"; {tail(log)}"))
 
 
-def ddp_row(table: Table, data: str, out: Path, n_gpu: int) -> None:
-    if n_gpu < 2:
-        table.add("ddp nccl", None, f"{n_gpu} GPU: needs 2 or more")
+def ddp_row(table: Table, plan: Plan, out: Path) -> None:
+    n = plan.ddp_processes
+    if n < 2:
+        table.add("ddp nccl", None, f"{n} GPU: needs 2 or more")
         return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    rc, log, s = sh([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_gpu), "--master_port",
-                     str(port), "train.py", "--cfg", "yolov5s_RepVGG.yaml", "--data", data, "--imgsz", "640",
-                     "--batch-size", str(16 * n_gpu), "--epochs", "1", "--device", ",".join(map(str, range(n_gpu))),
-                     "--project", str(out), "--name", "ddp", "--exist-ok", "--noplots"])
+    devices = "cpu" if plan.rehearse else ",".join(map(str, range(n)))
+    rc, log, s = sh([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+                     str(port), "train.py", "--cfg", "yolov5s_RepVGG.yaml", "--data", plan.data, *plan.ddp_size,
+                     "--epochs", "1", "--device", devices, "--project", str(out), "--name", "ddp", "--exist-ok",
+                     "--noplots", "--workers", plan.workers])
     speeds = SPEED.findall(log)
-    table.add("ddp nccl", rc == 0, f"{n_gpu} GPUs, {speeds[-1][1] + ' img/s, ' if speeds else ''}{s:.0f}s"
-              + ("" if rc == 0 else f"; {tail(log)}"))
+    ok = rc == 0 and len(speeds) == 1
+    what = f"{n} CPU processes over gloo (rehearsal)" if plan.rehearse else f"{n} GPUs"
+    table.add("ddp nccl", ok, f"{what}, {speeds[-1][1] + ' img/s, ' if speeds else ''}{s:.0f}s"
+              + ("" if ok else f"; {tail(log)}"))
+
+
+def rehearsal_data(out: Path) -> str:
+    """A generated 4+2-image shapes set with data/shapes.yaml's training recipe (optimizer, hyp)."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT))
+    from utils.synthetic import generate_shapes
+
+    root = out / "data" / "shapes"
+    generate_shapes(root, n_train=4, n_val=2, imgsz=64, seed=0)
+    recipe = yaml.safe_load(Path(SHAPES_DATA).read_text(encoding="utf-8"))
+    cfg = {"path": str(root), "train": "images/train", "val": "images/val", "names": recipe["names"],
+           "optimizer": recipe["optimizer"], "hyp": str(ROOT / "data" / recipe["hyp"])}
+    f = out / "data" / "shapes.yaml"
+    f.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return str(f)
+
+
+def make_plan(opt: argparse.Namespace, torch) -> Plan:
+    if opt.rehearse:
+        data = rehearsal_data(Path(opt.out))
+        tiny = ("--imgsz", "32", "--batch-size", "4")
+        return Plan(True, "cpu", opt.data or data, 1, tiny, data, 1, ("32", "4"), (), "0",
+                    "needs tensorrt + CUDA (rehearsal on the CPU)", 2, tiny)
+    engine_missing = None if has_module("tensorrt") else "needs tensorrt (pip install tensorrt)"
+    n = torch.cuda.device_count()
+    return Plan(False, "0", opt.data or (str(COCO128) if COCO128.is_file() else SHAPES_DATA), opt.epochs,
+                ("--imgsz", "640", "--batch-size", "32"), SHAPES_DATA, opt.shapes_epochs, ("160", "16"),
+                ("--half",), "8", engine_missing, n, ("--imgsz", "640", "--batch-size", str(16 * n)))
+
+
+def shapes_rows(table: Table, plan: Plan, out: Path) -> None:
+    """The shapes model, then everything that compares against it."""
+    best = train(table, plan, "yolov5s_RepVGG.yaml", plan.shapes_data, plan.shapes_epochs, out, name="shapes",
+                 size=("--imgsz", plan.shapes_size[0], "--batch-size", plan.shapes_size[1]))
+    if best is not None:
+        ref = val_rows(table, plan, best, out)
+        export_rows(table, plan, best, ref, out)
+        detect_row(table, plan, best, out)
+
+
+def run_rows(table: Table, plan: Plan, out: Path, skip_tests: bool) -> None:
+    """Four independent groups of rows, added to ``table`` in this order. On the GPU they run one after another
+    (the speed figures need the machine to themselves); the rehearsal measures nothing and runs two at a time,
+    the longest first, which halves its time on two cores."""
+    groups = {  # name: (the rehearsal's CPU seconds, measured on 2 cores; the rows)
+        "cuda-tests": (12, cuda_tests),
+        "speed": (58, lambda t: [train(t, plan, cfg, plan.data, plan.epochs, out, size=plan.speed_size)
+                                 for cfg in SPEED_CFGS]),
+        "shapes": (70, lambda t: shapes_rows(t, plan, out)),
+        "ddp": (17, lambda t: ddp_row(t, plan, out)),
+    }
+    if skip_tests:
+        del groups["cuda-tests"]
+    tables = {name: Table() for name in groups}
+    order = sorted(groups, key=lambda name: -groups[name][0]) if plan.rehearse else list(groups)
+    with ThreadPoolExecutor(max_workers=2 if plan.rehearse else 1) as pool:
+        for future in [pool.submit(groups[name][1], tables[name]) for name in order]:
+            future.result()
+    for t in tables.values():
+        table.rows += t.rows
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description="CUDA acceptance check: tests, AMP training, --half, exports, DDP")
-    p.add_argument("--data", default=str(COCO128) if COCO128.is_file() else str(ROOT / "data" / "shapes.yaml"))
+    p.add_argument("--data", default="", help="dataset of the three speed rows (default: coco128 beside the repo, "
+                   "else data/shapes.yaml; when rehearsing, a generated 6-image set)")
     p.add_argument("--epochs", type=int, default=3, help="coco128 epochs of the three speed runs")
     p.add_argument("--shapes-epochs", type=int, default=30, help="epochs of the shapes model the precision rows use")
-    p.add_argument("--out", default=str(ROOT / "runs" / "gpu_check"))
+    p.add_argument("--out", default="", help="output folder (default runs/gpu_check, runs/gpu_check_rehearsal)")
     p.add_argument("--skip-tests", action="store_true", help="leave out the pytest -m cuda row")
+    p.add_argument("--rehearse", action="store_true", help="every row on the CPU at tiny sizes, CPU equivalents of "
+                   "CUDA-only options: proves the script (and the suite runs it), measures nothing")
     opt = p.parse_args()
-    import torch
-
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check")
+    opt.out = opt.out or str(ROOT / "runs" / ("gpu_check_rehearsal" if opt.rehearse else "gpu_check"))
+    try:
+        import torch
+    except ImportError as e:
+        print(f"gpu_check: {sys.executable} cannot import torch ({e}); install requirements.txt for it, or name "
+              "the interpreter that has them: PYTHON=/path/to/python bash tools/gpu_check.sh")
         return 2
-    out = Path(opt.out)
-    t0 = time.time()
-    table = Table()
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    print(f"[gpu_check] {len(names)} x {names[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, data {opt.data}")
-    if not opt.skip_tests:
-        cuda_tests(table)
-    for cfg in ("yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml", "yolov5s.yaml"):
-        train(table, cfg, opt.data, opt.epochs, out)
-    best = train(table, "yolov5s_RepVGG.yaml", SHAPES_DATA, opt.shapes_epochs, out, name="shapes",
-                 size=["--imgsz", SHAPES_IMGSZ, "--batch-size", "16"])
-    if best is not None:
-        ref = val_rows(table, best, SHAPES_DATA, out)
-        export_rows(table, best, SHAPES_DATA, ref, out)
-        detect_row(table, best, out)
-    ddp_row(table, opt.data, out, len(names))
+    if not opt.rehearse and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check "
+              "(--rehearse runs every row on the CPU)")
+        return 2
+    out, t0, table = Path(opt.out), time.time(), Table()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(opt, torch)
+    if plan.rehearse:
+        machine = f"CPU rehearsal ({os.cpu_count()} cores; figures are not measurements)"
+    else:
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        machine = f"{len(names)} x {names[0]}, CUDA {torch.version.cuda}"
+    print(f"[gpu_check] {machine}, torch {torch.__version__}, Python {sys.version.split()[0]} ({sys.executable}), "
+          f"data {plan.data}", flush=True)
+    run_rows(table, plan, out, opt.skip_tests)
     table.print()
-    print(f"\n{names[0]} x {len(names)}, torch {torch.__version__}; {time.time() - t0:.0f}s in all")
+    print(f"\n{machine}, torch {torch.__version__}; {time.time() - t0:.0f}s in all")
     return 1 if table.failed else 0
 
 

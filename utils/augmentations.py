@@ -12,12 +12,6 @@ import math
 import cv2
 import numpy as np
 
-# YOLOv5 hyp.scratch-low augmentation values; a hyp dict passed to the dataset overrides them
-AUG_DEFAULTS = {
-    "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5,
-    "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0,
-}
-
 
 def letterbox(im: np.ndarray, new_shape=640, color=(114, 114, 114), auto: bool = False,
               scaleup: bool = True, stride: int = 32):

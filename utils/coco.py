@@ -61,8 +61,19 @@ def ground_truth_json(ids: list[int], paths: list[str], shapes: list[tuple[int, 
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def require_pycocotools() -> None:
+    """A ``ValueError`` saying how to get pycocotools where it is missing: only the COCO JSON evaluation
+    (``--save-json``) uses it; validation's own mAP (utils/metrics.py) does not."""
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"--save-json evaluates with pycocotools, which cannot be imported here ({e}): "
+                         "pip install pycocotools, or validate without --save-json (the mAP needs no pycocotools)") from None
+
+
 def coco_evaluate(anno_json: str | Path, pred_json: str | Path, image_ids=None) -> dict[str, float]:
     """pycocotools bbox evaluation; returns the 12 summary statistics by name and logs the summary."""
+    require_pycocotools()
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

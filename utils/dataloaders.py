@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from utils.augmentations import AUG_DEFAULTS, augment_hsv, letterbox, mixup, random_perspective
+from utils.augmentations import augment_hsv, letterbox, mixup, random_perspective
 from utils.general import LOGGER
+from utils.hyperparameters import AUGMENTATION_DEFAULTS
 from utils.label_cache import (IMG_FORMATS, NUM_THREADS, fallback_cache_dir, img2label_paths, load_verified_labels,
                                report_labels, short_hash, summarize, writable_dir)
 from utils.ops import xywhn2xyxy, xyxy2xywhn
@@ -83,7 +84,7 @@ class LoadImagesAndLabels(Dataset):
         if cache not in (None, False, "ram", "disk"):
             raise ValueError(f"cache must be None, 'ram' or 'disk', got {cache!r}")
         self.img_size, self.augment, self.rect, self.stride = img_size, augment, rect, stride
-        self.hyp = {**AUG_DEFAULTS, **(hyp or {})}
+        self.hyp = {**AUGMENTATION_DEFAULTS, **(hyp or {})}
         self.mosaic = augment and not rect  # rect batches need each image at its own aspect ratio
         self.mosaic_border = [-img_size // 2, -img_size // 2]
         self.seed, self.epoch, self.prefix = int(seed), 0, prefix

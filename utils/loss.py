@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, complete_box_iou_loss
 
+from utils.hyperparameters import DEFAULTS, LOSS_KEYS, require
+
 # Objectness weight per output level, finest grid first: fine grids hold many more cells, so their
 # mean BCE is smaller and gets a larger weight.
 BALANCE = {3: [4.0, 1.0, 0.4]}
@@ -57,8 +59,8 @@ def bce_with_logits(pred: Tensor, true: Tensor, pos_weight: float = 1.0, gamma: 
 class ComputeLoss:
     """YOLOv5 loss for a model whose last layer is the anchor-based ``Detect`` head.
 
-    ``hyp`` needs ``box``, ``obj``, ``cls`` (gains, used as given), ``cls_pw``, ``obj_pw``,
-    ``anchor_t``; optional ``fl_gamma`` (focal loss when > 0) and ``label_smoothing``.
+    ``hyp`` needs ``LOSS_KEYS`` (utils/hyperparameters.py): ``box``, ``obj``, ``cls`` (gains, used as given),
+    ``cls_pw``, ``obj_pw``, ``anchor_t``; optional ``fl_gamma`` (focal loss when > 0) and ``label_smoothing``.
     """
 
     gr = 1.0  # objectness target = (1 - gr) + gr * IoU
@@ -66,10 +68,10 @@ class ComputeLoss:
     def __init__(self, model, hyp: dict, autobalance: bool = False):
         model = getattr(model, "module", model)  # unwrap DDP / DataParallel
         self.detect = model.model[-1]  # read at call time: AutoAnchor edits and .to(device) replace buffers
-        self.hyp = hyp
+        self.hyp = require(hyp, LOSS_KEYS, type(self).__name__)
         self.na, self.nc, self.nl = self.detect.na, self.detect.nc, self.detect.nl
-        self.cp, self.cn = smooth_bce(hyp.get("label_smoothing", 0.0))
-        self.fl_gamma = float(hyp.get("fl_gamma", 0.0))
+        self.cp, self.cn = smooth_bce(hyp.get("label_smoothing", DEFAULTS["label_smoothing"]))
+        self.fl_gamma = float(hyp.get("fl_gamma", DEFAULTS["fl_gamma"]))
         balance = BALANCE.get(self.nl, BALANCE_DEFAULT)
         if self.nl > len(balance):
             raise ValueError(f"no objectness balance defined for {self.nl} output levels (at most {len(balance)})")

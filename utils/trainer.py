@@ -28,6 +28,7 @@ from utils.checkpoint import (load_model, load_pretrained, model_from_record, re
 from utils.dataloaders import create_dataloader
 from utils.evaluator import validate
 from utils.general import LOGGER, TrainingDiverged
+from utils.hyperparameters import DEFAULTS
 from utils.loss import ComputeLoss
 from utils.loss_ota import ComputeLossOTA
 from utils.metrics import class_weights, fitness, image_weights
@@ -35,7 +36,6 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.signals import signal_name
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, smart_optimizer, to_channels_last
 
-NBS = 64  # default nominal batch size (hyp "nbs"): gradients accumulate up to it
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
@@ -90,7 +90,7 @@ class Trainer:
         if self.imgsz != opt.imgsz:
             LOGGER.warning(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}, using {self.imgsz}")
         self.batch_size = opt.batch_size // self.world_size
-        self.nbs = int(self.hyp.get("nbs", NBS))
+        self.nbs = int(self.hyp.get("nbs", DEFAULTS["nbs"]))  # gradients accumulate up to it
         self.accumulate = max(round(self.nbs / opt.batch_size), 1)
         weight_decay = self.hyp["weight_decay"] * opt.batch_size * self.accumulate / self.nbs
         self.optimizer = smart_optimizer(self.model, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"], weight_decay)
