@@ -171,16 +171,6 @@ class AutoShape(nn.Module):
         self.stride, self.names = int(self.backend.stride), list(self.backend.names)
         self.imgsz, self.end2end = self.backend.imgsz, self.backend.end2end  # fixed-shape exports take one size
 
-    def _infer(self, x: torch.Tensor, augment: bool = False):
-        batch = self.backend.batch
-        if not batch or batch == len(x) or len(x) % batch:
-            return self.backend(x, augment=augment)
-        # an export with a fixed batch size: run the images in chunks of that size and join the outputs
-        parts = [self.backend(c) for c in x.split(batch)]
-        if isinstance(parts[0], (list, tuple)):
-            return tuple(torch.cat(p) for p in zip(*parts))
-        return torch.cat(parts)
-
     def _input_shape(self, shapes, size) -> tuple[int, int]:
         """Common letterbox shape: each image scaled so its longer side is ``size``, rounded up to the stride."""
         if self.imgsz is not None:
@@ -195,7 +185,7 @@ class AutoShape(nn.Module):
         t0 = time.perf_counter()
         device = self.backend.device
         if isinstance(ims, torch.Tensor):
-            return self._infer(ims.to(device), augment)
+            return self.backend(ims.to(device), augment)
         batch = list(ims) if isinstance(ims, (list, tuple)) else [ims]
         if not batch:
             raise ValueError("no images given (an empty list)")
@@ -205,7 +195,7 @@ class AutoShape(nn.Module):
         x = np.stack([letterbox(im, shape1, auto=False, stride=self.stride)[0] for im in images])
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device).float() / 255
         t1 = time.perf_counter()
-        y = self._infer(x, augment)
+        y = self.backend(x, augment)
         t2 = time.perf_counter()
         pred = postprocess(y, self.conf, self.iou, self.classes, self.agnostic, self.multi_label, self.max_det,
                            self.end2end)
