@@ -75,7 +75,7 @@ def _mosaic_placement(i: int, xc: int, yc: int, w: int, h: int, s: int):
 class LoadImagesAndLabels(Dataset):
     """YOLO-format detection dataset. ``__getitem__`` returns (uint8 CHW RGB tensor, (n, 6) labels
     ``[0, cls, x, y, w, h]`` normalized, path, shapes) where shapes is None for mosaics and otherwise
-    ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` for mapping predictions back to the original.
+    ``((h0, w0), ((gain_h, gain_w), (padw, padh)))`` for mapping predictions back to the original.
 
     ``img_size`` is the long side (int), or an ``(h, w)`` every image is letterboxed to (validation of
     files exported for a fixed, possibly non-square, input; no augmentation or rect batches then)."""
