@@ -3,9 +3,7 @@ share a file name, arrays holding NaN, tensors of any size, URLs and class count
 one clear sentence."""
 from __future__ import annotations
 
-import logging
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
