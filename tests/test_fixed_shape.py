@@ -156,3 +156,33 @@ def test_hub_runs_one_two_and_four_images_through_a_fixed_batch_file(fixed):
         assert len(res) == n and res.shape[2:] == FIXED
         for i, p in enumerate(res.xyxy):
             assert_same_detections(p.numpy(), refs[i % 2], thres=CONF, ties_ok=True)
+
+
+@pytest.mark.slow
+def test_int8_non_square_batch_3_file_in_val_detect_and_hub(shapes_trained, tmp_path, yolo_logs):
+    """The trained default recipe as a 128x160, batch-3 INT8 ONNX file: val, detect and the hub run it (1, 2 and
+    4 images), with the mAP of the fp32 file of the same shape."""
+    run, _, data = shapes_trained
+    weights = tmp_path / "best.pt"
+    shutil.copy(run / "weights" / "best.pt", weights)
+    shape = (128, 160)  # landscape this time; the shapes images are square
+    results = {r.format: r for r in export.run(weights=str(weights), include=("onnx",), imgsz=shape, batch_size=BATCH,
+                                               int8=True, data=str(data), calib_images=32)}
+    assert results["onnx int8"].ok, results["onnx int8"].error
+    maps = {}
+    for fmt in ("onnx", "onnx int8"):
+        maps[fmt] = val.run(weights=str(results[fmt].file), data=str(data), imgsz=160, batch_size=16, workers=0,
+                            plots=False, project=str(tmp_path), name=fmt.replace(" ", "_"))[0][2]
+    assert f"at shape {(BATCH, 3, *shape)}" in yolo_logs.text
+    assert maps["onnx"] > 0.1 and abs(maps["onnx int8"] - maps["onnx"]) < 0.05, maps  # mAP50
+    int8 = results["onnx int8"].file
+    val_images = sorted((Path(yaml.safe_load(Path(data).read_text())["path"]) / "images" / "val").iterdir())
+    paths = [str(p) for p in val_images[:4]]
+    det = detect.run(weights=int8, source=paths, nosave=True, project=tmp_path)
+    assert f": {shape[0]}x{shape[1]} " in yolo_logs.text and sum(len(r.det) for r in det) > 0
+    hub = hubconf.custom(str(int8), _verbose=False)
+    alone = [hub(p).xyxy[0].numpy() for p in paths]
+    for n in (1, 2, 4):  # padding a short batch changes no image's detections
+        res = hub(paths[:n])
+        for a, b in zip(res.xyxy, alone):
+            np.testing.assert_allclose(a.numpy(), b, atol=1e-3)
