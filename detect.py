@@ -186,7 +186,7 @@ def run(
         raise ValueError(f"no image or video frame could be read from {source} (see the warnings above)")
     seen = len(results)
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s"
-                % (*(t * 1e3 / seen for t in dt), (1, 3, *imgsz)))
+                % (*(t * 1e3 / seen for t in dt), (backend.batch or 1, 3, *imgsz)))  # a fixed batch runs padded
     if save_txt or not nosave or save_crop:
         labels = f", {outputs.labels_written} label files saved to {save_dir / 'labels'}" if save_txt else ""
         LOGGER.info(f"Results saved to {save_dir}{labels}")

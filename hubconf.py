@@ -13,6 +13,7 @@ wrapped in ``AutoShape`` (thresholds as attributes: ``conf``, ``iou``, ``classes
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import torch
@@ -39,7 +40,11 @@ def custom(path="path/to/model.pt", autoshape: bool = True, device=None, _verbos
     if _verbose:
         setup_logging()
     from utils.backends import load_backend
+    from utils.sources import is_url
 
+    if is_url(str(path)):  # Path() would fold 'https://' into 'https:/' and report a missing file
+        raise ValueError(f"custom(path={str(path)!r}): models are never downloaded; download the file yourself "
+                         "and pass its local path")
     backend = load_backend(Path(path), _device(device), fuse=autoshape)  # folded for inference, as saved to train
     if _verbose:
         LOGGER.info(f"Loaded {path} ({type(backend).__name__}, {len(backend.names)} classes)")
@@ -52,11 +57,13 @@ def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int 
     from models.yolo import Model
     from utils.detections import AutoShape
 
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:  # Model(nc=0) falls back to 80
+        raise ValueError(f"{cfg}(classes={classes!r}): the number of classes must be a whole number >= 1")
     if pretrained:
         raise ValueError(f"{cfg}(pretrained=True): no pretrained weights are shipped or downloaded. Train one "
                          f"(python train.py --cfg {cfg}.yaml) or convert a YOLOv5 state dict, then load it with "
                          "custom(path='best.pt')")
-    model = Model(f"{cfg}.yaml", ch=channels, nc=classes).to(_device(device))
+    model = Model(f"{cfg}.yaml", ch=channels, nc=int(classes)).to(_device(device))
     if classes == 80:
         model.names = _coco_names() or model.names
     return AutoShape(model) if autoshape else model

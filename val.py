@@ -33,9 +33,9 @@ def load_for_validation(weights, data, task, device, batch_size, imgsz, half, si
         LOGGER.warning(f"WARNING {weights} has NMS inside (--nms, or YOLOv7's --end2end): validating the boxes its "
                        "own NMS keeps; mAP is lower than the model's (export without NMS for the true figure)")
     rect = backend.imgsz is None
-    if not rect:  # a fixed-shape export: its own size, square batches of its batch size
-        imgsz, batch_size = int(max(backend.imgsz)), backend.batch or batch_size
-        LOGGER.info(f"{weights}: fixed input {tuple(backend.imgsz)}, batch {batch_size}")
+    if not rect:  # a fixed-shape export: every image letterboxed to its (h, w), batches of its batch size
+        imgsz, batch_size = tuple(backend.imgsz), backend.batch or batch_size
+        LOGGER.info(f"{weights}: fixed input {imgsz[0]}x{imgsz[1]}, batch {batch_size}")
     data = check_dataset(data)
     if not single_cls and backend.nc != int(data["nc"]):  # before the pass, not after it
         raise ValueError(f"{weights} predicts {backend.nc} classes but {data.get('yaml_file', 'the data YAML')} has "
@@ -96,8 +96,8 @@ def run(
                  verbose=verbose or (weights is not None and len(names) < 50), save_txt=save_txt,
                  save_conf=save_conf, save_json=save_json, class_map=class_map)
     if weights is not None:
-        LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s"
-                    % (*v.times, (batch_size, 3, imgsz, imgsz)))
+        LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at %s"
+                    % (*v.times, v.shape_text()))
     if save_json and v.collector.preds:
         v.results["coco"] = evaluate_with_pycocotools(v.collector, names, data, Path(save_dir), weights)
     if weights is not None and (save_txt or save_json or plots):

@@ -156,23 +156,34 @@ class Backend:
             raise ValueError(f"{type(self).__name__} expects a (b, 3, h, w) tensor, got {got}")
         if self.imgsz is not None and tuple(im.shape[2:]) != tuple(self.imgsz):
             raise ValueError(f"{self.weights} was exported for {self.imgsz[0]}x{self.imgsz[1]} images, got "
-                             f"{im.shape[2]}x{im.shape[3]} (export with --dynamic for any size)")
-        if self.batch is not None and im.shape[0] != self.batch:
-            raise ValueError(f"{self.weights} was exported for batch size {self.batch}, got {im.shape[0]} "
-                             "(export with --dynamic or that --batch-size)")
+                             f"{im.shape[2]}x{im.shape[3]}: letterbox the images to that size (val.py, detect.py "
+                             "and the hub API do) or export with --dynamic for any size")
+        if self.imgsz is None and (im.shape[2] % self.stride or im.shape[3] % self.stride):
+            raise ValueError(f"input size {im.shape[2]}x{im.shape[3]} is not a multiple of the model's stride "
+                             f"{self.stride}: pad or letterbox the images to multiples of {self.stride}")
+        if im.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__} got an empty batch (0 images)")
 
     def __call__(self, im: torch.Tensor, augment: bool = False):
         return self.run(im, augment)[0]
 
     def run(self, im: torch.Tensor, augment: bool = False):
-        """(decoded predictions as float32 on ``im``'s device, raw maps or None)."""
+        """(decoded predictions as float32 on ``im``'s device, raw maps or None).
+
+        A file exported for a fixed batch size takes any number of images: they run in chunks of that size,
+        the last one padded with zero images whose outputs are dropped."""
         if augment:
             raise ValueError(f"augment (test-time augmentation) needs a PyTorch .pt model, not {self.weights}")
         self._check_input(im)
-        y = self._forward(im)
+        b = self.batch or len(im)
+        outs = []
+        for chunk in im.split(b):
+            k = len(chunk)  # images of this chunk; the rest of a short last chunk is zero padding
+            y = self._forward(torch.cat((chunk, chunk.new_zeros((b - k, *chunk.shape[1:])))) if k < b else chunk)
+            outs.append([torch.as_tensor(t)[:k] for t in y] if self.end2end else torch.as_tensor(y)[:k])
         if self.end2end:
-            return tuple(torch.as_tensor(t).to(im.device) for t in y), None
-        return torch.as_tensor(y).to(device=im.device, dtype=torch.float32), None
+            return tuple(torch.cat(ts).to(im.device) for ts in zip(*outs)), None
+        return torch.cat(outs).to(device=im.device, dtype=torch.float32), None
 
     def _forward(self, im: torch.Tensor):
         raise NotImplementedError

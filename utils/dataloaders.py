@@ -77,12 +77,19 @@ def _mosaic_placement(i: int, xc: int, yc: int, w: int, h: int, s: int):
 class LoadImagesAndLabels(Dataset):
     """YOLO-format detection dataset. ``__getitem__`` returns (uint8 CHW RGB tensor, (n, 6) labels
     ``[0, cls, x, y, w, h]`` normalized, path, shapes) where shapes is None for mosaics and otherwise
-    ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` for mapping predictions back to the original."""
+    ``((h0, w0), ((gain_h, gain_w), (padw, padh)))`` for mapping predictions back to the original.
+
+    ``img_size`` is the long side (int), or an ``(h, w)`` every image is letterboxed to (validation of
+    files exported for a fixed, possibly non-square, input; no augmentation or rect batches then)."""
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, cache=None,
                  single_cls=False, stride=32, pad=0.0, prefix="", nc=None, seed=0):
         if cache not in (None, False, "ram", "disk"):
             raise ValueError(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+        self.fixed_shape = tuple(int(x) for x in img_size) if isinstance(img_size, (tuple, list)) else None
+        if self.fixed_shape and (augment or rect):
+            raise ValueError(f"a fixed (h, w) image size {self.fixed_shape} is for validation: no augment or rect")
+        img_size = max(self.fixed_shape) if self.fixed_shape else img_size
         self.img_size, self.augment, self.rect, self.stride = img_size, augment, rect, stride
         self.hyp = {**AUGMENTATION_DEFAULTS, **(hyp or {})}
         self.mosaic = augment and not rect  # rect batches need each image at its own aspect ratio
@@ -148,7 +155,7 @@ class LoadImagesAndLabels(Dataset):
     # ----- image loading and caching -----
 
     def load_image(self, i: int):
-        """Return (BGR image resized so its long side is img_size, (h0, w0), (h, w))."""
+        """Return (BGR image resized so its long side is img_size, or to fit the fixed shape, (h0, w0), (h, w))."""
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
         npy = self.npy_files[i]
@@ -156,11 +163,15 @@ class LoadImagesAndLabels(Dataset):
         if im is None:
             raise FileNotFoundError(f"{self.prefix}Image unreadable (changed since verification?): {self.im_files[i]}")
         h0, w0 = im.shape[:2]
-        r = self.img_size / max(h0, w0)
+        fit = self.fixed_shape
+        r = min(fit[0] / h0, fit[1] / w0) if fit else self.img_size / max(h0, w0)
         if r != 1:
             # INTER_AREA is the better downscaler; training (augment) keeps YOLOv5's faster LINEAR
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+            size = (math.ceil(w0 * r), math.ceil(h0 * r))
+            if fit:  # rounded as letterbox rounds, so the image fits and is resized once
+                size = (max(1, round(w0 * r)), max(1, round(h0 * r)))
+            im = cv2.resize(im, size, interpolation=interp)
         return im, (h0, w0), im.shape[:2]
 
     def _npy_path(self, i: int) -> Path:
@@ -236,10 +247,10 @@ class LoadImagesAndLabels(Dataset):
 
     def _load_letterboxed(self, index: int, rng: np.random.Generator):
         img, (h0, w0), (h, w) = self.load_image(index)
-        shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
+        shape = self.batch_shapes[self.batch[index]] if self.rect else self.fixed_shape or self.img_size
         img, ratio, pad = letterbox(img, tuple(int(x) for x in shape) if self.rect else shape,
                                     auto=False, scaleup=self.augment)
-        shapes = (h0, w0), ((h / h0, w / w0), pad)
+        shapes = (h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), pad)  # both resizes, should letterbox shrink it
         labels = self.labels[index].copy()
         if labels.size:
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, padw=pad[0], padh=pad[1])

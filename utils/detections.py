@@ -27,7 +27,7 @@ from torch import nn
 
 from utils.augmentations import letterbox
 from utils.backends import load_backend
-from utils.general import LOGGER, increment_path, make_divisible
+from utils.general import LOGGER, increment_path, make_divisible, unique_name
 from utils.ops import clip_boxes, non_max_suppression, realtime_nms_budget, scale_boxes, xyxy2xywh
 from utils.plots import Annotator, class_name, colors
 
@@ -121,32 +121,56 @@ def _image_from(x, i: int) -> tuple[np.ndarray, str]:
         return im[..., ::-1], name or f"image{i}.jpg"
     if isinstance(x, Image.Image):
         name = Path(getattr(x, "filename", "") or f"image{i}.jpg").name
-        return np.asarray(ImageOps.exif_transpose(x).convert("RGB")), name
+        x = ImageOps.exif_transpose(x)
+        if x.mode in ("I", "F") or x.mode.startswith("I;16"):  # 16/32-bit: PIL's convert("RGB") clips at 255
+            return _array_to_rgb8(_wide_pil_array(x, i), i), name
+        return np.asarray(x.convert("RGB")), name
     if isinstance(x, np.ndarray):
-        im = x
-        if im.ndim not in (2, 3):
-            raise ValueError(f"image {i}: expected an HxW or HxWx3 array, got shape {x.shape} (pass a list for a batch)")
-        if im.size == 0:
-            raise ValueError(f"image {i}: empty array of shape {x.shape}")
-        if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[2] not in (1, 3, 4):
-            im = im.transpose(1, 2, 0)  # CHW -> HWC
-        if im.ndim == 2 or (im.ndim == 3 and im.shape[2] == 1):
-            im = np.repeat(im.reshape(im.shape[0], im.shape[1], 1), 3, axis=2)
-        if im.ndim != 3 or im.shape[2] < 3:
-            raise ValueError(f"image {i}: expected an HxWx3 array, got shape {x.shape}")
-        im = im[..., :3]  # drop alpha
-        if im.dtype == np.bool_ or not (np.issubdtype(im.dtype, np.integer) or np.issubdtype(im.dtype, np.floating)):
-            raise ValueError(f"image {i}: unsupported array dtype {im.dtype}; use uint8, uint16 or float")
-        if np.issubdtype(im.dtype, np.integer) and im.dtype != np.uint8:  # 16-bit images: scale, never clip
-            im = im.astype(np.float64) * (255.0 / np.iinfo(im.dtype).max)
-        elif im.dtype != np.uint8:  # float: 0..1 or 0..255, as YOLOv5 takes it
-            im = im.astype(np.float32)
-            im = im * 255 if im.max() <= 1.0 else im
-        if im.dtype != np.uint8:
-            im = np.clip(im, 0, 255).round().astype(np.uint8)
-        return im, f"image{i}.jpg"
+        return _array_to_rgb8(x, i), f"image{i}.jpg"
     raise TypeError(f"image {i}: unsupported input type {type(x).__name__} (use a path, URL, PIL image, "
                     "numpy array, torch tensor or a list of these)")
+
+
+def _wide_pil_array(x, i: int) -> np.ndarray:
+    """A PIL image of mode I;16*, I (32-bit int) or F (float) as an array the 16-bit/float rules scale."""
+    a = np.asarray(x)
+    if x.mode == "I":  # how PIL opens some 16-bit files: 16-bit values in 32-bit ints
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"image {i}: 32-bit PIL image (mode I) with values outside 0..65535; convert it to "
+                             "8 or 16 bits first")
+        a = a.astype(np.uint16)
+    return a.astype(a.dtype.newbyteorder("=")) if a.dtype.byteorder not in ("=", "|") else a  # I;16B: big-endian
+
+
+def _array_to_rgb8(x: np.ndarray, i: int) -> np.ndarray:
+    """An HxW, HxWx3(4) or CHW array (uint8, 16-bit, or float 0..1 / 0..255) -> RGB HWC uint8."""
+    im = x
+    if im.ndim not in (2, 3):
+        raise ValueError(f"image {i}: expected an HxW or HxWx3 array, got shape {x.shape} (pass a list for a batch)")
+    if im.size == 0:
+        raise ValueError(f"image {i}: empty array of shape {x.shape}")
+    if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[2] not in (1, 3, 4):
+        im = im.transpose(1, 2, 0)  # CHW -> HWC
+    if im.ndim == 2 or (im.ndim == 3 and im.shape[2] == 1):
+        im = np.repeat(im.reshape(im.shape[0], im.shape[1], 1), 3, axis=2)
+    if im.ndim != 3 or im.shape[2] < 3:
+        raise ValueError(f"image {i}: expected an HxWx3 array, got shape {x.shape}")
+    im = im[..., :3]  # drop alpha
+    if im.dtype == np.bool_ or not (np.issubdtype(im.dtype, np.integer) or np.issubdtype(im.dtype, np.floating)):
+        raise ValueError(f"image {i}: unsupported array dtype {im.dtype}; use uint8, uint16 or float")
+    if np.issubdtype(im.dtype, np.floating):
+        bad = int(im.size - np.isfinite(im).sum())
+        if bad:  # NaN would become black pixels the model still "detects" on
+            raise ValueError(f"image {i}: float array holds {bad} NaN or infinite value(s); replace them "
+                             "(e.g. np.nan_to_num) before detection")
+    if np.issubdtype(im.dtype, np.integer) and im.dtype != np.uint8:  # 16-bit images: scale, never clip
+        im = im.astype(np.float64) * (255.0 / np.iinfo(im.dtype).max)
+    elif im.dtype != np.uint8:  # float: 0..1 or 0..255, as YOLOv5 takes it
+        im = im.astype(np.float32)
+        im = im * 255 if im.max() <= 1.0 else im
+    if im.dtype != np.uint8:
+        im = np.clip(im, 0, 255).round().astype(np.uint8)
+    return im
 
 
 class AutoShape(nn.Module):
@@ -171,16 +195,6 @@ class AutoShape(nn.Module):
         self.stride, self.names = int(self.backend.stride), list(self.backend.names)
         self.imgsz, self.end2end = self.backend.imgsz, self.backend.end2end  # fixed-shape exports take one size
 
-    def _infer(self, x: torch.Tensor, augment: bool = False):
-        batch = self.backend.batch
-        if not batch or batch == len(x) or len(x) % batch:
-            return self.backend(x, augment=augment)
-        # an export with a fixed batch size: run the images in chunks of that size and join the outputs
-        parts = [self.backend(c) for c in x.split(batch)]
-        if isinstance(parts[0], (list, tuple)):
-            return tuple(torch.cat(p) for p in zip(*parts))
-        return torch.cat(parts)
-
     def _input_shape(self, shapes, size) -> tuple[int, int]:
         """Common letterbox shape: each image scaled so its longer side is ``size``, rounded up to the stride."""
         if self.imgsz is not None:
@@ -195,7 +209,7 @@ class AutoShape(nn.Module):
         t0 = time.perf_counter()
         device = self.backend.device
         if isinstance(ims, torch.Tensor):
-            return self._infer(ims.to(device), augment)
+            return self.backend(ims.to(device), augment)
         batch = list(ims) if isinstance(ims, (list, tuple)) else [ims]
         if not batch:
             raise ValueError("no images given (an empty list)")
@@ -205,7 +219,7 @@ class AutoShape(nn.Module):
         x = np.stack([letterbox(im, shape1, auto=False, stride=self.stride)[0] for im in images])
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device).float() / 255
         t1 = time.perf_counter()
-        y = self._infer(x, augment)
+        y = self.backend(x, augment)
         t2 = time.perf_counter()
         pred = postprocess(y, self.conf, self.iou, self.classes, self.agnostic, self.multi_label, self.max_det,
                            self.end2end)
@@ -282,11 +296,12 @@ class Detections:
     def save(self, labels: bool = True, save_dir="runs/detect/exp", exist_ok: bool = False) -> Path:
         """Write the annotated images to ``save_dir`` (incremented: exp, exp2, ...); returns the folder."""
         save_dir = increment_path(save_dir, exist_ok, mkdir=True)
+        taken: set[str] = set()  # images of one name (same file twice, or two folders) each get a file
         for f, im in zip(self.files, self._annotated(labels)):
-            path = save_dir / Path(f).with_suffix(".jpg").name
+            path = save_dir / unique_name(Path(f).with_suffix(".jpg").name, taken)  # bus.jpg, bus_2.jpg, ...
             if not cv2.imwrite(str(path), im[..., ::-1]):
                 raise OSError(f"cv2.imwrite could not write {path}")
-        LOGGER.info(f"Saved {self.n} image{'s' * (self.n > 1)} to {save_dir}")
+        LOGGER.info(f"Saved {self.n} image{'s' * (self.n != 1)} to {save_dir}")
         return save_dir
 
     def crop(self, save: bool = True, save_dir="runs/detect/exp", exist_ok: bool = False) -> list[dict]:

@@ -100,6 +100,14 @@ class Validation:
     times: tuple  # (pre-process, inference, NMS) ms per image
     results: dict  # utils.metrics.evaluate_detections output
     collector: Collector
+    input_shapes: tuple = ()  # (b, 3, h, w) of every distinct input the model ran, padded batches as run
+
+    def shape_text(self) -> str:
+        """The input shapes run, for the speed line: 'shape (3, 3, 160, 96)' or 'shapes (...), (...)'."""
+        shapes = [str(tuple(s)) for s in self.input_shapes]
+        if len(shapes) > 4:
+            shapes = shapes[:3] + [f"and {len(shapes) - 3} more"]
+        return f"shape{'s' * (len(self.input_shapes) > 1)} {', '.join(shapes) or '()'}"
 
 
 def validate(model, dataloader, *, names, single_cls=False, half=False, fuse=False, conf_thres=0.001, iou_thres=0.6,
@@ -111,18 +119,21 @@ def validate(model, dataloader, *, names, single_cls=False, half=False, fuse=Fal
     backend = load_backend(model, fp16=half, fuse=fuse)
     nc = 1 if single_cls else backend.nc
     collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
+    shapes: dict[tuple, None] = {}  # filled by evaluate, in the order first run
     loss, dt = evaluate(backend, dataloader, collector, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
-                        augment=augment, compute_loss=compute_loss, plots=plots, save_dir=save_dir, names=names)
+                        augment=augment, compute_loss=compute_loss, plots=plots, save_dir=save_dir, names=names,
+                        input_shapes=shapes)
     results = score(collector, nc, names, verbose=verbose, plots=plots, save_dir=save_dir)
     times = tuple(x / max(len(collector.preds), 1) * 1e3 for x in dt)
     metrics = (results["precision"], results["recall"], results["map50"], results["map"], *loss.cpu().tolist())
-    return Validation(metrics, per_class_map(results, nc), times, results, collector)
+    return Validation(metrics, per_class_map(results, nc), times, results, collector, tuple(shapes))
 
 
 @torch.no_grad()
 def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou_thres=0.6, max_det=300,
-             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=()):
+             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=(), input_shapes=None):
     """Run a backend over ``dataloader`` into ``collector``; return (mean losses (3,), seconds).
+    ``input_shapes`` (a dict) gets the shape of every batch as the backend ran it (a fixed batch size pads).
 
     NMS and everything after it work in fp32 whatever precision the backend runs in. Losses need the raw
     maps, which PyTorch backends give. Seconds are (pre-process, inference, NMS) summed over the pass.
@@ -136,6 +147,8 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
         targets = targets.to(device)
         t1 = synced_time(device)
         preds, raw = backend.run(im, augment)
+        if input_shapes is not None:
+            input_shapes[(backend.batch or im.shape[0], *im.shape[1:])] = None
         t2 = synced_time(device)
         if compute_loss and raw is not None:
             loss += compute_loss([x.float() for x in raw], targets)[1]

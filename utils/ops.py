@@ -110,12 +110,14 @@ def scale_boxes(img1_shape: Sequence[int], boxes, img0_shape: Sequence[int], rat
         gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
         pad_w = (img1_shape[1] - img0_shape[1] * gain) / 2
         pad_h = (img1_shape[0] - img0_shape[0] * gain) / 2
-    else:
-        gain = ratio_pad[0][0]  # letterbox keeps aspect ratio: both gains are equal
+        gain_h = gain_w = gain
+    else:  # per axis: rounding the resized size to whole pixels makes the gains differ slightly (0.3% at 96 px)
+        gain_h, gain_w = ratio_pad[0][0], ratio_pad[0][1]
         pad_w, pad_h = ratio_pad[1][0], ratio_pad[1][1]
     boxes[..., [0, 2]] -= pad_w
     boxes[..., [1, 3]] -= pad_h
-    boxes[..., :4] /= gain
+    boxes[..., [0, 2]] /= gain_w
+    boxes[..., [1, 3]] /= gain_h
     return clip_boxes(boxes, img0_shape)
 
 
