@@ -6,12 +6,12 @@ size, RGB, 0-1). The convolutions are quantized; the detection head (its output 
 decoding after them: sigmoid, grid and anchor arithmetic, the concatenated boxes-and-scores output) stays in
 floating point, since one INT8 scale cannot hold pixel coordinates and probabilities together.
 
-- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric 7-bit weights (no int16
-  saturation on CPUs without VNNI, see ``QDQ_LAYOUTS``), unsigned 8-bit activations, every op ONNX Runtime
+- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8 weights (int16
+  saturation on CPUs without VNNI: a known limit, see ``QDQ_LAYOUTS``), unsigned 8-bit activations, every op ONNX Runtime
   quantizes outside the head (so it fuses them into integer kernels), on the fp32 graph after
   ``quant_pre_process`` (shape inference and graph optimisation). The calibration method was chosen by
   measurement (benchmarks/README.md, "INT8"): ``CALIBRATION_METHOD``.
-- OpenVINO: NNCF post-training quantization of the IR converted from the fp32 ONNX, 7-bit weights likewise.
+- OpenVINO: NNCF post-training quantization of the IR converted from the fp32 ONNX (``OPENVINO_OVERFLOW_FIX``).
 - TensorRT: built from a second QDQ ONNX in TensorRT's layout (signed INT8 activations with zero point 0 at
   the convolutions' inputs; explicit quantization), see ``utils.exporters``.
 
@@ -48,21 +48,23 @@ CALIBRATIONS = {
 CALIBRATION_METHOD = "MinMax, moving average"
 # QDQ layout per runtime. ONNX Runtime on x86 runs a QDQ group as one integer kernel only when the op's
 # output is quantized too, and is fastest with unsigned activations (S8 activations, or Conv alone, ran
-# 2x slower than fp32 here). Its u8 x s8 kernels on CPUs without VNNI (AVX2, AVX-512 before VNNI) add each
-# pair of u8*s8 products into int16 with saturation (VPMADDUBSW): 255 * (127 + 127) = 64770 overflows, and
-# such a CPU silently computes another model. ``reduce_range`` gives 7-bit weights (-64..64), so a pair is
-# at most 255 * 128 = 32640 <= 32767 and the file computes the same on every x86 CPU (VNNI adds in int32).
+# 2x slower than fp32 here). Known limit: its u8 x s8 kernels on CPUs without VNNI (AVX2, AVX-512 before
+# VNNI) add each pair of u8*s8 products into int16 with saturation (VPMADDUBSW; 255 * (127 + 127) = 64770),
+# so such a CPU computes another model than the one verified on a VNNI CPU. ``reduce_range`` (7-bit
+# weights) makes that impossible, but its files fail the detection check on the 12-epoch test model
+# (benchmarks/README.md, "INT8 on CPUs without VNNI"): the choice is open; tests/test_int8.py has the
+# arithmetic check (xfail until it is made).
 # TensorRT's explicit quantization takes signed INT8 with zero point 0 only and float biases, with Q/DQ at
 # the convolutions' inputs (it chooses the output precision while fusing); its kernels have no such pairs.
 QDQ_LAYOUTS = {
-    "onnxruntime": dict(op_types=None, activation="QUInt8", reduce_range=True, options={"ActivationSymmetric": False}),
+    "onnxruntime": dict(op_types=None, activation="QUInt8", reduce_range=False, options={"ActivationSymmetric": False}),
     "tensorrt": dict(op_types=["Conv"], activation="QInt8", reduce_range=False,
                      options={"ActivationSymmetric": True, "QuantizeBias": False,
                               "OpTypesToExcludeOutputQuantization": ["Conv"]}),
 }
-# NNCF's fix for the same saturation in OpenVINO's u8 x s8 kernels: 7-bit weights in every convolution
-# ("enable"), not only in the first one (NNCF's default, "first_layer_only")
-OPENVINO_OVERFLOW_FIX = "enable"
+# NNCF's fix for the same saturation in OpenVINO's u8 x s8 kernels: 7-bit weights in the first convolution
+# (NNCF's default; "enable", every convolution, fails the detection check as reduce_range does above)
+OPENVINO_OVERFLOW_FIX = "first_layer_only"
 MIN_MATCHED, MIN_MEAN_IOU = 0.80, 0.80  # verification levels: share of fp32 detections kept, their mean IoU
 VERIFY_CONF, VERIFY_IOU, MATCH_IOU = 0.25, 0.45, 0.5
 VERIFY_IMAGES = 64
