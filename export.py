@@ -306,7 +306,7 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
     if int8:  # before the model loads
         from utils.quantize import check_int8_args
 
-        check_int8_args(data, calib_images)
+        check_int8_args(data, calib_images, opset, int8_formats)
     sweep_stale(Path(weights).parent)  # temporaries of exports killed by SIGKILL: ours only, owner gone
     ctx = build_context(weights, imgsz, batch_size, device, names, half=half, dynamic=dynamic, simplify=simplify,
                         opset=opset, workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,

@@ -48,6 +48,12 @@ def cpu_int8_flags() -> list[str]:
     return [f for f in INT8_FLAGS if f in flags]
 
 
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def train(cfg: str, runs_dir: Path, epochs: int | None) -> Path:
     name = f"{cfg}-{epochs}ep" if epochs else cfg  # a shortened run is never reused as the full recipe
     best = runs_dir / name / "weights" / "best.pt"
@@ -159,8 +165,10 @@ def main(argv=None) -> int:
         lat_rows.append((cfg, lat))
         print(f"{cfg}: latency {lat}", file=sys.stderr)
 
-    lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores; INT8-relevant CPU flags: {', '.join(cpu_int8_flags()) or 'none'}; "
-             f"torch {torch.__version__}, Python {platform.python_version()}", "",
+    flags = cpu_int8_flags()
+    vnni = "yes" if {"avx512_vnni", "avx_vnni"} & set(flags) else "no (u8 x s8 pairs add in int16: 7-bit weights matter here)"
+    lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores; INT8-relevant CPU flags: {', '.join(flags) or 'none'} "
+             f"(VNNI: {vnni}); torch {torch.__version__}, onnxruntime {ort_version()}, Python {platform.python_version()}", "",
              f"Accuracy: default recipe (data/shapes.yaml{f', {args.epochs} epochs' if args.epochs else ''}), imgsz {imgsz}, "
              f"val split, mAP50-95 from val.py; INT8 calibrated on {args.calib_images} train images "
              f"(evenly spaced); agreement = INT8 detections against fp32 on the val images (export's check)", "",

@@ -117,17 +117,18 @@ def _missing_message(missing: list[Path], cfg: dict, where: str) -> str:
     return msg
 
 
-def check_dataset(data: str | Path | dict) -> dict[str, Any]:
+def check_dataset(data: str | Path | dict, required: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
     """Validate a dataset YAML (path or dict) and resolve its splits to absolute paths.
 
     Returns the config with ``path`` (str), ``train``/``val``/``test`` (absolute str, or list of str
     for lists and ``.txt`` files), ``names`` (list) and ``nc`` (int). Raises ``ValueError`` for an
-    inconsistent config and ``FileNotFoundError`` for a missing split that no generator can make.
+    inconsistent config or a missing ``required`` split key and ``FileNotFoundError`` for a missing
+    split that no generator can make.
     """
     cfg, base = _load(data)
     where = cfg.get("yaml_file", "dataset dict")
     names, nc = _names_and_nc(cfg, where)
-    for key in ("train", "val"):
+    for key in required:
         if not cfg.get(key):
             raise ValueError(f"{where}: missing required key {key!r}")
     root = Path(cfg.get("path") or "")
