@@ -249,3 +249,17 @@ def test_yolov7_rows_of_several_images_go_to_their_image():
     assert [len(d) for d in dets] == [1, 0, 2]
     assert dets[0].tolist() == [[5, 6, 7, 8, 0.5, 1]]
     torch.testing.assert_close(dets[2], torch.tensor([[1, 2, 3, 4, 0.9, 5], [2, 2, 3, 4, 0.8, 6]]))
+
+
+def test_yolov7_end2end_file_takes_several_images_with_different_counts():
+    """The batch-1 end2end file runs image by image; images with different numbers of detections come back
+    together, each with its own detections, as when given alone."""
+    backend = load_backend(FOREIGN / FILES["yolov7-end2end-onnx"][0])
+    noise = [torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(s)) for s in (0, 3, 4)]
+    x = torch.cat(noise)  # seed 3 gives 26 rows, the others 27 (random weights: most boxes pass)
+    raw = [backend(x[i:i + 1]) for i in range(3)]
+    assert len({int(r[0]) for r in raw}) > 1  # the case: chunks with different numbers of rows
+    alone = [postprocess(r, CONF, IOU, end2end=True)[0] for r in raw]
+    together = postprocess(backend(x), CONF, IOU, end2end=True)
+    for a, t in zip(alone, together):
+        torch.testing.assert_close(t, a)

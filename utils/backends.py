@@ -182,11 +182,17 @@ class Backend:
             y = self._forward(torch.cat((chunk, chunk.new_zeros((b - k, *chunk.shape[1:])))) if k < b else chunk)
             outs.append([torch.as_tensor(t)[:k] for t in y] if self.end2end else torch.as_tensor(y)[:k])
         if self.end2end:
-            return tuple(torch.cat(ts).to(im.device) for ts in zip(*outs)), None
+            return tuple(_cat_padded(ts).to(im.device) for ts in zip(*outs)), None
         return torch.cat(outs).to(device=im.device, dtype=torch.float32), None
 
     def _forward(self, im: torch.Tensor):
         raise NotImplementedError
+
+    def _warn_if_unnamed(self) -> None:
+        """Formats whose class count cannot be read before a forward pass: say so once, instead of nc = 0."""
+        if not self.names:
+            LOGGER.warning(f"WARNING {self.weights} has no class names in its metadata, and its class count cannot "
+                           "be read without running it: re-export it with this project's export.py (it writes them)")
 
     def native(self):
         """What a user holds: the ``Model`` for PyTorch (trainable, ``.half()``-able), the backend otherwise."""
@@ -257,6 +263,16 @@ class PyTorchBackend(Backend):
         return pred.to(device=im.device, dtype=torch.float32), raw
 
 
+def _cat_padded(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate end2end outputs of several chunks along the batch; a chunk's detections (dim 1) may be fewer
+    than another's (YOLOv7's rows give each chunk as many as its fullest image), the rest padded with zeros,
+    which ``num_dets`` already marks as unused."""
+    k = max(t.shape[1] for t in chunks) if chunks[0].ndim > 1 else None
+    if k is not None:
+        chunks = [torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, k - t.shape[1])) for t in chunks]
+    return torch.cat(chunks)
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -276,6 +292,7 @@ class TorchScriptBackend(Backend):
             self.model = torch.jit.load(str(self.weights), _extra_files=extra, map_location=self.device).eval()
         meta = parse_metadata(decode_value(extra["config.txt"]) if extra["config.txt"] else None, str(weights))
         self._apply_metadata(meta)
+        self._warn_if_unnamed()
         self.fp16 = fp16 or meta["half"]
         self.model = self.model.half() if self.fp16 else self.model.float()
 
@@ -318,6 +335,8 @@ class OnnxRuntimeBackend(Backend):
         elif self.layout == YOLOV7_END2END:
             nc = end2end_classes(self.weights)
         self.names = check_names(self.names, nc, weights)
+        if not self.names:
+            self._warn_if_unnamed()
 
     def _forward(self, im):
         x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
@@ -445,6 +464,7 @@ class TensorRTBackend(Backend):
             raise ValueError(f"TensorRT engines run on a CUDA device, got device={device!r} (use e.g. 'cuda:0')")
         meta, engine_bytes = read_engine_file(self.weights)
         self._apply_metadata(parse_metadata(meta, str(weights)))
+        self._warn_if_unnamed()
         self.fp16 = fp16 or bool(meta and meta.get("half"))
         self.logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self.device):
