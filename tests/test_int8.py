@@ -284,7 +284,7 @@ def test_detect_runs_int8_files_like_any_other(int8_exports, tmp_path):
     from utils.dataset_config import check_dataset
 
     results, _, data = int8_exports
-    images = list_image_files(check_dataset(str(data))["val"])[:6]
+    images = list_image_files(check_dataset(str(data))["val"])[:12]  # the 12-epoch model finds ~1 box an image
     found = {fmt: detect.run(weights=str(results[fmt].file), source=images, imgsz=(160, 160), nosave=True,
                              project=tmp_path, name=fmt.replace(" ", "_"))
              for fmt in ("onnx", "onnx int8", "openvino int8")}
