@@ -176,7 +176,8 @@ def test_foreign_file_in_val(key, coco4, tmp_path, yolo_logs):
     metrics, maps, _ = val.run(data=coco4, weights=FOREIGN / path, imgsz=640, batch_size=4, workers=0,
                                project=tmp_path, plots=False)
     assert len(maps) == 80 and all(np.isfinite(metrics))
-    assert f"fixed input ({IMGSZ}, {IMGSZ}), batch 1" in yolo_logs.text
+    assert f"fixed input {IMGSZ}x{IMGSZ}, batch 1" in yolo_logs.text
+    assert f"at shape (1, 3, {IMGSZ}, {IMGSZ})" in yolo_logs.text  # the file's size was run, not --imgsz 640
 
 
 # ------------------------------------------------------------------------------------------ refusals

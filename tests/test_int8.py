@@ -17,7 +17,7 @@ import export
 import val
 from utils.backends import load_backend
 from utils.checkpoint import load_model
-from utils.quantize import (MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, compare_detections, head_prefix,
+from utils.quantize import (KEPT_CONF_RATIO, MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, compare_detections, head_prefix,
                             load_int8_data, quantize_onnx, verify_int8)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,7 +285,9 @@ def test_detect_runs_int8_files_like_any_other(int8_exports, tmp_path):
 
     results, _, data = int8_exports
     images = list_image_files(check_dataset(str(data))["val"])[:12]  # the 12-epoch model finds ~1 box an image
+    # INT8 at half the threshold, as export's verification counts a box kept (a 0.26 -> 0.24 flip is no loss)
     found = {fmt: detect.run(weights=str(results[fmt].file), source=images, imgsz=(160, 160), nosave=True,
+                             conf_thres=0.25 * (KEPT_CONF_RATIO if "int8" in fmt else 1),
                              project=tmp_path, name=fmt.replace(" ", "_"))
              for fmt in ("onnx", "onnx int8", "openvino int8")}
     ref = [r.det for r in found["onnx"]]
