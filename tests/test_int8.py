@@ -17,8 +17,8 @@ import export
 import val
 from utils.backends import load_backend
 from utils.checkpoint import load_model
-from utils.quantize import (KEPT_CONF_RATIO, MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, compare_detections, head_prefix,
-                            load_int8_data, quantize_onnx, verify_int8)
+from utils.quantize import (KEPT_CONF_RATIO, MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, compare_detections,
+                            head_prefix, load_int8_data, quantize_onnx, verify_int8)
 
 ROOT = Path(__file__).resolve().parents[1]
 
