@@ -77,13 +77,6 @@ def yolo_logs(caplog):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """24 training and 8 validation images of the generated shapes dataset (96 px): a few-second epoch."""
-    import yaml
+    from helpers import shapes_data
 
-    from utils.synthetic import generate_shapes
-
-    root = tmp_path_factory.mktemp("tiny") / "shapes"
-    generate_shapes(root, n_train=24, n_val=8, imgsz=96, seed=3)
-    cfg = {"path": str(root), "train": "images/train", "val": "images/val", "names": ["circle", "square", "triangle"]}
-    data = root.parent / "tiny.yaml"
-    data.write_text(yaml.safe_dump(cfg))
-    return data
+    return shapes_data(tmp_path_factory.mktemp("tiny"), "tiny", n_train=24, n_val=8, imgsz=96, seed=3)

@@ -44,3 +44,17 @@ def assert_reference_outputs(model: nn.Module, state_dict: dict, x: torch.Tensor
     assert rel_error(ref_out, out) < tol
     for ref, ours in zip(ref_raw, raw):
         assert rel_error(ref, ours) < tol
+
+
+def shapes_data(folder, name: str, n_train: int, n_val: int, imgsz: int, seed: int):
+    """A generated shapes set in ``folder/shapes`` and its data YAML ``folder/<name>.yaml`` (returned)."""
+    import yaml
+
+    from utils.synthetic import generate_shapes
+
+    root = folder / "shapes"
+    generate_shapes(root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
+    data = folder / f"{name}.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                    "names": ["circle", "square", "triangle"]}))
+    return data

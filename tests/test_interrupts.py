@@ -34,16 +34,9 @@ def nano_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def eight_images(tmp_path_factory) -> Path:
     """8 training images, one batch: an epoch of a second or two, so a training run is mostly its start-up."""
-    import yaml
+    from helpers import shapes_data
 
-    from utils.synthetic import generate_shapes
-
-    root = tmp_path_factory.mktemp("eight") / "shapes"
-    generate_shapes(root, n_train=8, n_val=4, imgsz=64, seed=3)
-    data = root.parent / "eight.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                    "names": ["circle", "square", "triangle"]}))
-    return data
+    return shapes_data(tmp_path_factory.mktemp("eight"), "eight", n_train=8, n_val=4, imgsz=64, seed=3)
 
 
 def weights_copy(checkpoint: Path, folder: Path) -> Path:

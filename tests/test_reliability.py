@@ -29,6 +29,7 @@ from utils.detections import AutoShape
 from utils.evaluator import Collector
 from utils.general import increment_path, load_yaml
 from utils.metrics import evaluate_detections
+from helpers import shapes_data
 from utils.synthetic import generate_shapes
 
 COCO_IMAGES = COCO128_YAML.parent / "images" / "train2017"
@@ -36,12 +37,7 @@ COCO_IMAGES = COCO128_YAML.parent / "images" / "train2017"
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny") / "shapes"
-    generate_shapes(root, n_train=16, n_val=8, imgsz=96, seed=5)
-    data = root.parent / "tiny.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                    "names": ["circle", "square", "triangle"]}))
-    return data
+    return shapes_data(tmp_path_factory.mktemp("tiny"), "tiny", n_train=16, n_val=8, imgsz=96, seed=5)
 
 
 @pytest.fixture(scope="module")
