@@ -151,3 +151,24 @@ def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, t
     assert "kept as m-fused.failed.pt (no m-fused.pt was written)" in fused.error and fused.file.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["m.pt", "m.onnx", "m_openvino_model", "m.failed.onnx", "m_openvino_model.failed", "m-fused.failed.pt"])
+
+
+def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """The narrowest window: SIGINT arriving the moment the temporary exists, before the write starts (a loaded
+    machine can stop the process just there; the suite once caught it). The signal waits, then cleans up."""
+    import tempfile
+
+    from utils.atomic import atomic_file
+
+    created = tempfile.mkstemp
+
+    def mkstemp_then_sigint(*args, **kwargs):
+        out = created(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal, delivered at once unless it is held
+        return out
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(tmp_path / "last.pt") as tmp:
+            tmp.write_bytes(b"checkpoint")
+    assert list(tmp_path.iterdir()) == []

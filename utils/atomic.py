@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -64,14 +65,30 @@ def _test_write_delay() -> None:
 
 
 @contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait (POSIX) while the block runs, then arrive as usual: the block cannot be cut short."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):  # Windows has no masks: a leftover is swept at the next start
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
 def atomic_file(path: str | Path, fsync: bool = True):
     """Yield a temporary path beside ``path`` (same suffix) to write; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.stem), suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        with _signals_held():  # a Ctrl-C between creating the temporary and naming it would leave it behind
+            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path.stem), suffix=f".tmp{path.suffix}", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
         yield tmp
         if fsync:
             with open(tmp, "rb") as f:
@@ -80,7 +97,8 @@ def atomic_file(path: str | Path, fsync: bool = True):
         _test_write_delay()
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt and SIGTERM (utils.signals) too: no temporary is left
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
