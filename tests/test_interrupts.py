@@ -155,19 +155,19 @@ def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, t
 
 def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
     """The narrowest window: SIGINT arriving the moment the temporary exists, before the write starts (a loaded
-    machine can stop the process just there; the suite once caught it). The signal waits, then cleans up."""
-    import tempfile
-
+    machine can stop the process just there; the suite once caught it): the temporary is named before it is
+    created, so the interrupt removes it."""
     from utils.atomic import atomic_file
 
-    created = tempfile.mkstemp
+    opened = os.open
 
-    def mkstemp_then_sigint(*args, **kwargs):
-        out = created(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # a real signal, delivered at once unless it is held
-        return out
+    def open_then_sigint(file, *args, **kwargs):
+        fd = opened(file, *args, **kwargs)
+        if str(file).startswith(str(tmp_path)):
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal: Python raises at the next bytecode
+        return fd
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sigint)
+    monkeypatch.setattr(os, "open", open_then_sigint)
     with pytest.raises(KeyboardInterrupt):
         with atomic_file(tmp_path / "last.pt") as tmp:
             tmp.write_bytes(b"checkpoint")

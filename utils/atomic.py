@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -65,30 +65,15 @@ def _test_write_delay() -> None:
 
 
 @contextmanager
-def _signals_held():
-    """SIGINT and SIGTERM wait (POSIX) while the block runs, then arrive as usual: the block cannot be cut short."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):  # Windows has no masks: a leftover is swept at the next start
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextmanager
 def atomic_file(path: str | Path, fsync: bool = True):
     """Yield a temporary path beside ``path`` (same suffix) to write; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
+    # named before it exists, so a Ctrl-C at any point after the try starts removes it; the name holds this
+    # process's pid, so no live process can own a file of that name
+    tmp = path.parent / f"{_tmp_prefix(path.stem)}{secrets.token_hex(4)}.tmp{path.suffix}"
     try:
-        with _signals_held():  # a Ctrl-C between creating the temporary and naming it would leave it behind
-            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path.stem), suffix=f".tmp{path.suffix}", dir=path.parent)
-            os.close(fd)
-            tmp = Path(name)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield tmp
         if fsync:
             with open(tmp, "rb") as f:
@@ -97,8 +82,7 @@ def atomic_file(path: str | Path, fsync: bool = True):
         _test_write_delay()
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt and SIGTERM (utils.signals) too: no temporary is left
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
