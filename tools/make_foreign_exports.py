@@ -131,6 +131,27 @@ def calibrate_head(model, detect, x: torch.Tensor) -> None:
             b[:, sl] = b[:, sl] * a + c / im[:, sl]
 
 
+def tiny_model(Model, cfg_file: Path, letterbox, seed: int, **cfg_updates) -> tuple:
+    """The exporter's own Model from its own config with ``cfg_updates``: random weights and BatchNorm statistics,
+    head calibrated on bus.jpg at 128x128 (``seed`` draws the BatchNorm parameters and statistics).
+    Returns (model, that 128x128 input)."""
+    torch.manual_seed(0)  # the layers' own initialisation
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg.update(cfg_updates)
+    model = Model(cfg, ch=3, nc=cfg['nc'])
+    randomize(model, seed=seed)
+    x = bus_input(letterbox, (128, 128))
+    calibrate_head(model, model.model[-1], x)
+    return model, x
+
+
+def fresh_folder(name: str) -> Path:
+    out = OUT / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return out
+
+
 def detections(model, nms, x: torch.Tensor) -> list:
     with torch.no_grad():
         pred = model(x)[0]
@@ -157,29 +178,21 @@ def make_yolov5() -> None:
     shim_torch()
     from yolov5.utils import downloads
     downloads.attempt_download_from_hub = lambda *args, **kwargs: None  # a local file; never ask the hub
-    torch.manual_seed(0)
-    cfg = yaml.safe_load((Path(yolov5.__file__).parent / 'models' / 'yolov5s.yaml').read_text())
-    cfg.update(depth_multiple=0.33, width_multiple=0.03125, nc=80)
-    model = Model(cfg, ch=3, nc=80)
-    randomize(model, seed=0)
+    model, x = tiny_model(Model, Path(yolov5.__file__).parent / 'models' / 'yolov5s.yaml', letterbox, seed=0,
+                          depth_multiple=0.33, width_multiple=0.03125, nc=80)
     model.names = coco_names()
-    calibrate_head(model, model.model[-1], bus_input(letterbox, (128, 128)))
-    out = OUT / 'yolov5'
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = fresh_folder('yolov5')
     refs = {'exporter': f'yolov5 {yolov5.__version__}', 'torch': str(torch.__version__)}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / 'y5.pt'
         torch.save({'model': copy.deepcopy(model)}, weights)
+        export.run(weights=str(weights), imgsz=(128, 128), batch_size=1, include=('torchscript', 'onnx'), device='cpu')
+        shutil.copy(weights.with_suffix('.onnx'), out / 'y5.onnx')
+        shutil.copy(weights.with_suffix('.torchscript'), out / 'y5.torchscript')
+        openvino_folder(weights.with_suffix('.onnx'), out / 'y5_openvino_model', yaml_save,
+                        {'stride': int(max(model.stride)), 'names': dict(enumerate(model.names))})
         fused = copy.deepcopy(model).fuse().eval()  # what export.run exports
-        for shape, include, suffix in (((128, 128), ('torchscript', 'onnx'), ''),):
-            export.run(weights=str(weights), imgsz=shape, batch_size=1, include=include, device='cpu')
-            shutil.copy(weights.with_suffix('.onnx'), out / f'y5{suffix}.onnx')
-            if 'torchscript' in include:
-                shutil.copy(weights.with_suffix('.torchscript'), out / 'y5.torchscript')
-                openvino_folder(weights.with_suffix('.onnx'), out / 'y5_openvino_model', yaml_save,
-                                {'stride': int(max(model.stride)), 'names': dict(enumerate(model.names))})
-            refs[f'{shape[0]}x{shape[1]}'] = detections(fused, non_max_suppression, bus_input(letterbox, shape))
+        refs['128x128'] = detections(fused, non_max_suppression, x)
     save_references('yolov5', refs)
 
 
@@ -202,17 +215,10 @@ def make_yolov7(src: Path) -> None:
     from utils.datasets import letterbox
     from utils.general import non_max_suppression
 
-    torch.manual_seed(0)
-    cfg = yaml.safe_load((src / 'cfg' / 'training' / 'yolov7-tiny.yaml').read_text())
-    cfg.update(width_multiple=0.03125, nc=80)
-    model = Model(cfg, ch=3, nc=80)
+    model, x = tiny_model(Model, src / 'cfg' / 'training' / 'yolov7-tiny.yaml', letterbox, seed=1,
+                          width_multiple=0.03125, nc=80)
     model.requires_grad_(False)  # as YOLOv7's trainer saves its EMA model (IDetect.fuse changes leaves in place)
-    randomize(model, seed=1)
-    x = bus_input(letterbox, (128, 128))
-    calibrate_head(model, model.model[-1], x)
-    out = OUT / 'yolov7'
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out = fresh_folder('yolov7')
     refs = {'exporter': f'yolov7 {YOLOV7_COMMIT}', 'torch': str(torch.__version__)}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / 'y7.pt'
