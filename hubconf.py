@@ -13,7 +13,6 @@ wrapped in ``AutoShape`` (thresholds as attributes: ``conf``, ``iou``, ``classes
 """
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 
 import torch
@@ -57,13 +56,15 @@ def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int 
     from models.yolo import Model
     from utils.detections import AutoShape
 
-    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:  # Model(nc=0) falls back to 80
-        raise ValueError(f"{cfg}(classes={classes!r}): the number of classes must be a whole number >= 1")
     if pretrained:
         raise ValueError(f"{cfg}(pretrained=True): no pretrained weights are shipped or downloaded. Train one "
                          f"(python train.py --cfg {cfg}.yaml) or convert a YOLOv5 state dict, then load it with "
                          "custom(path='best.pt')")
-    model = Model(f"{cfg}.yaml", ch=channels, nc=int(classes)).to(_device(device))
+    try:
+        model = Model(f"{cfg}.yaml", ch=channels, nc=classes)
+    except ValueError as e:
+        raise ValueError(f"{cfg}(classes={classes!r}): {e}") from None
+    model = model.to(_device(device))
     if classes == 80:
         model.names = _coco_names() or model.names
     return AutoShape(model) if autoshape else model

@@ -6,9 +6,8 @@ only a forward can show (spatial sizes that do not line up) is found by ``models
 from __future__ import annotations
 
 import inspect
-import math
 
-from utils.general import excerpt
+from utils.general import excerpt, is_number
 
 # constructor parameters (ours and torch's) that are sizes, counts or factors: 0 or less builds a module
 # that fails in its first forward (a 0-channel conv, "non-positive stride", "either size or scale_factor")
@@ -17,16 +16,12 @@ POSITIVE_ARGS = ("k", "s", "g", "d", "e", "kernel_size", "stride", "dilation", "
 NON_NEGATIVE_ARGS = ("p", "padding")
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def check_multiples(d: dict) -> tuple[float, float]:
     """``depth_multiple`` and ``width_multiple`` (default 1.0): positive numbers."""
     values = []
     for key in ("depth_multiple", "width_multiple"):
         v = d.get(key, 1.0)
-        if not _is_number(v) or v <= 0:
+        if not is_number(v) or v <= 0:
             raise ValueError(f"model config: '{key}' must be a positive number (1.0 keeps the layers as written), "
                              f"got {excerpt(v)}")
         values.append(v)
@@ -36,7 +31,7 @@ def check_multiples(d: dict) -> tuple[float, float]:
 def check_anchors(anchors, where: str = "model config: 'anchors'") -> int | None:
     """Anchors as a per-level count (int >= 1, AutoAnchor fills them) or a non-empty list of levels, each an
     equal-length list of positive (w, h) pairs in pixels. Returns the number of levels (None for a count)."""
-    if isinstance(anchors, int) and not isinstance(anchors, bool):
+    if isinstance(anchors, int) and not isinstance(anchors, bool):  # a count; its range is checked next
         if anchors < 1:
             raise ValueError(f"{where} must be an anchor count per level >= 1 or a list of levels, got {anchors}")
         return None
@@ -49,7 +44,7 @@ def check_anchors(anchors, where: str = "model config: 'anchors'") -> int | None
         if len(level) != len(anchors[0]):
             raise ValueError(f"{where}: every level needs the same number of anchors; level 0 has "
                              f"{len(anchors[0]) // 2}, level {j} has {len(level) // 2}")
-        bad = [x for x in level if not _is_number(x) or x <= 0]
+        bad = [x for x in level if not is_number(x) or x <= 0]
         if bad:
             raise ValueError(f"{where}: level {j} has {excerpt(bad)}; anchor widths and heights are positive pixel "
                              f"sizes")
@@ -72,7 +67,7 @@ def check_sizes(i: int, entry: str, cls, args: list, kwargs: dict) -> None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         zero_ok = key in NON_NEGATIVE_ARGS
-        if not values or any(not _is_number(v) or v < 0 or (v == 0 and not zero_ok) for v in values):
+        if not values or any(not is_number(v) or v < 0 or (v == 0 and not zero_ok) for v in values):
             need = "at least 0" if zero_ok else "positive"
             raise ValueError(f"layer {i} {entry}: {cls.__name__} argument '{key}' must be {need}, got {excerpt(value)}")
 

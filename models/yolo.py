@@ -20,7 +20,7 @@ from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QAR
 from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
 from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv, fold_implicit
-from utils.general import LOGGER, ROOT, excerpt, load_yaml, make_divisible, setup_logging
+from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, make_divisible, setup_logging
 from utils.torch_utils import initialize_weights, model_summary
 
 
@@ -202,8 +202,8 @@ def _resolve_arg(a, named: dict):
 
 
 def _check_from(i: int, f, entry) -> list[int]:
-    froms = [f] if isinstance(f, int) and not isinstance(f, bool) else f
-    if not isinstance(froms, list) or not froms or not all(isinstance(j, int) and not isinstance(j, bool) for j in froms):
+    froms = [f] if is_whole(f, minimum=-2**31) else f
+    if not isinstance(froms, list) or not froms or not all(is_whole(j, minimum=-2**31) for j in froms):
         raise ValueError(f"layer {i} {entry}: 'from' must be an int or a list of ints, got {excerpt(f)}")
     for j in froms:
         ok = j == -1 if i == 0 else -i <= j < i
@@ -237,7 +237,7 @@ def parse_model(d: dict, ch: list[int]):
         if key not in d:
             raise ValueError(f"model config lacks '{key}'")
     nc, anchors = d["nc"], d.get("anchors", 3)
-    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+    if not is_whole(nc):
         raise ValueError(f"model config: 'nc' must be a positive int, got {excerpt(nc)}")
     if not all(isinstance(d[k], list) for k in ("backbone", "head")):
         raise ValueError("model config: 'backbone' and 'head' must be lists of [from, number, module, args] rows")
@@ -255,7 +255,7 @@ def parse_model(d: dict, ch: list[int]):
         entry = excerpt(entry)  # what error messages echo: never the whole entry (it may be enormous)
         if not isinstance(name, str) or name not in MODULES:
             raise ValueError(f"layer {i} {entry}: unknown module {excerpt(name)}; registered modules: {', '.join(MODULES)}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if not is_whole(n):
             raise ValueError(f"layer {i} {entry}: 'number' must be a positive int, got {excerpt(n)}")
         if not isinstance(args, list):
             raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {excerpt(args)}")
@@ -341,10 +341,12 @@ def model_config(cfg: str | Path | dict, ch: int = 3, nc: int | None = None, anc
     anchor count (hyp 'anchors') applied."""
     d = load_cfg(cfg)
     d["ch"] = d.get("ch", ch)
-    if nc and nc != d.get("nc"):
+    if nc is not None and not is_whole(nc):  # 0 must not mean "the config's nc"
+        raise ValueError(f"the number of classes must be a whole number >= 1, got {excerpt(nc, 60)}")
+    if nc is not None and nc != d.get("nc"):
         if verbose:
             LOGGER.info(f"Overriding model.yaml nc={d.get('nc')} with nc={nc}")
-        d["nc"] = nc
+        d["nc"] = int(nc)  # a numpy integer would not survive the checkpoint's plain data
     if anchors:
         d["anchors"] = round(anchors)
     return d
@@ -395,19 +397,17 @@ class Model(nn.Module):
         self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
         self.names = [str(i) for i in range(self.yaml["nc"])]
         self.inplace = self.yaml.get("inplace", True)
-        detect = self.model[-1]
-        if isinstance(detect, Detect):
-            detect.inplace = self.inplace
-            detect.stride = self._probe_strides(ch)
-            check_anchor_order(detect)
-            detect.anchors /= detect.stride.view(-1, 1, 1)
-            self._initialize_biases()
+        detect = self.model[-1]  # a Detect or IDetect (parse_model's check_layout)
+        detect.inplace = self.inplace
+        detect.stride = self._probe_strides(ch)
+        check_anchor_order(detect)
+        detect.anchors /= detect.stride.view(-1, 1, 1)
+        self._initialize_biases()
         initialize_weights(self)
 
     @property
     def stride(self) -> Tensor:
-        detect = self.model[-1]
-        return detect.stride if isinstance(detect, Detect) else torch.tensor([32.0])
+        return self.model[-1].stride
 
     @property
     def is_folded(self) -> bool:

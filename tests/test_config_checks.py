@@ -113,6 +113,21 @@ def test_every_hyp_file_passes_and_missing_keys_are_listed(tmp_path):
         check_hyp({k: 0.1 for k in REQUIRED if k not in ("obj_pw", "warmup_bias_lr")}, "h.yaml")
 
 
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", "true", "'0.01'"])
+def test_hyp_values_that_are_not_finite_numbers_are_named(text):
+    hyp = {k: 0.1 for k in REQUIRED}
+    hyp["lr0"] = yaml.safe_load(text)  # what a hyp file's `lr0: .nan` reads as: training would diverge later
+    with pytest.raises(ValueError, match=r"h.yaml: hyperparameters must be numbers; not numbers: lr0: "):
+        check_hyp(hyp, "h.yaml")
+
+
+@pytest.mark.parametrize("nc", [0, -1, 2.5, True])
+def test_model_class_count_override_is_checked_not_dropped(nc):
+    # nc=0 used to mean "keep the config's 80" and built a model of the wrong size
+    with pytest.raises(ValueError, match=r"number of classes must be a whole number >= 1"):
+        Model("yolov5n.yaml", nc=nc)
+
 def _hyp_keys_read(path) -> set[str]:
     """Constant keys read from a hyperparameter dict in ``path``: ``hyp["k"]`` / ``self.hyp["k"]`` (loads only)
     and ``hyp.get("k")``."""

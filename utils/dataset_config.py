@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.general import LOGGER, excerpt, load_yaml
+from utils.general import LOGGER, excerpt, is_whole, load_yaml
 from utils.synthetic import generate_shapes
 from utils.textfiles import read_lines
 
@@ -44,7 +44,7 @@ def _names_and_nc(cfg: dict, where: str) -> tuple[list[str], int]:
     """(class names, nc) of a config dict: ``names`` as a list or ``{id: name}``, or ``nc`` alone
     (names ``class0``...). Raises ``ValueError`` naming ``where`` when they disagree or are malformed."""
     names, nc = cfg.get("names"), cfg.get("nc")
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+    if nc is not None and not is_whole(nc):
         raise ValueError(f"{where}: 'nc' must be a positive whole number, got {excerpt(nc, 60)}")
     if isinstance(names, dict):
         try:

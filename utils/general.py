@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from pathlib import Path
 
 from utils.textfiles import decode_text
@@ -33,6 +34,16 @@ def setup_logging(verbose: bool = True) -> logging.Logger:
         LOGGER.propagate = False
     LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)
     return LOGGER
+
+
+def is_number(x) -> bool:
+    """A finite int or float from a config or the Python API (bools are not numbers there; NaN and inf are refused)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_whole(x, minimum: int = 1) -> bool:
+    """A whole number (int or numpy integer, not a bool) >= ``minimum``: counts, sizes, class numbers."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= minimum
 
 
 def make_divisible(x: float, divisor: int) -> int:
@@ -97,7 +108,7 @@ def check_options(**values) -> None:
 def check_imgsz(imgsz, stride: int) -> tuple[int, int]:
     """(h, w) from one int or one/two ints, each rounded up to a multiple of ``stride`` (with a warning)."""
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    if len(sizes) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+    if len(sizes) not in (1, 2) or not all(is_whole(s) for s in sizes):
         raise ValueError(f"--imgsz takes one or two positive ints (h w), got {excerpt(imgsz, 60)}")
     h, w = sizes * 2 if len(sizes) == 1 else sizes
     new = tuple(max(stride, -(-s // stride) * stride) for s in (h, w))

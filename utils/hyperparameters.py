@@ -7,7 +7,7 @@ augmentations, the nominal batch size, focal loss, anchors). The readers take th
 """
 from __future__ import annotations
 
-from utils.general import excerpt
+from utils.general import excerpt, is_number
 
 LOSS_KEYS = ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t")  # ComputeLoss checks its hyp has these
 
@@ -53,7 +53,7 @@ def check_hyp(hyp, source) -> dict:
         listed = ", ".join(f"{k} ({REQUIRED[k]})" for k in missing)
         raise ValueError(f"{source} lacks hyperparameters the training reads: {listed}; add them (the values in "
                          f"data/hyps/hyp.scratch-low.yaml are YOLOv5's defaults)")
-    not_numbers = [f"{k}: {excerpt(v, 40)}" for k, v in hyp.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    not_numbers = [f"{k}: {excerpt(v, 40)}" for k, v in hyp.items() if not is_number(v)]
     if not_numbers:
         raise ValueError(f"{source}: hyperparameters must be numbers; not numbers: {', '.join(not_numbers)}")
     return hyp
