@@ -31,12 +31,17 @@ def load_for_validation(weights, data, task, device, batch_size, imgsz, half, si
     backend = load_backend(weights, device, fp16=half, fuse=False)  # a .pt validates exactly as stored
     if backend.end2end:  # its NMS ran with the exporter's confidence threshold and box limit: mAP comes out lower
         LOGGER.warning(f"WARNING {weights} has NMS inside (--nms, or YOLOv7's --end2end): validating the boxes its "
-                       "own NMS keeps; mAP is lower than the model's (export without NMS for the true figure)")
+                       "own NMS keeps, with its own IoU and confidence thresholds (--iou-thres does not apply, and a "
+                       "--conf-thres below the export's finds nothing more); mAP is lower than the model's (export "
+                       "without NMS for the true figure)")
     rect = backend.imgsz is None
     if not rect:  # a fixed-shape export: every image letterboxed to its (h, w), batches of its batch size
         imgsz, batch_size = tuple(backend.imgsz), backend.batch or batch_size
         LOGGER.info(f"{weights}: fixed input {imgsz[0]}x{imgsz[1]}, batch {batch_size}")
     data = check_dataset(data)
+    if not backend.names:  # YOLOv7's TorchScript, a bare TensorRT engine: "predicts 0 classes" would mislead
+        raise ValueError(f"{weights} has no class names or class count in its metadata, so its classes cannot be "
+                         f"matched to the data YAML's: re-export it with this project's export.py (it writes them)")
     if not single_cls and backend.nc != int(data["nc"]):  # before the pass, not after it
         raise ValueError(f"{weights} predicts {backend.nc} classes but {data.get('yaml_file', 'the data YAML')} has "
                          f"nc={data['nc']}: validate on the dataset it was trained for (or use --single-cls)")
@@ -76,7 +81,7 @@ def run(
     check_options(batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                   workers=workers)
     if save_json:  # refused before any work where pycocotools is missing
-        require_pycocotools()
+        require_pycocotools("--save-json")
     if model is None:
         device = select_device(device, batch_size)
         if task == "speed":  # YOLOv5's speed benchmark settings

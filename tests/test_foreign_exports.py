@@ -178,6 +178,8 @@ def test_foreign_file_in_val(key, coco4, tmp_path, yolo_logs):
     assert len(maps) == 80 and all(np.isfinite(metrics))
     assert f"fixed input {IMGSZ}x{IMGSZ}, batch 1" in yolo_logs.text
     assert f"at shape (1, 3, {IMGSZ}, {IMGSZ})" in yolo_logs.text  # the file's size was run, not --imgsz 640
+    if "end2end" in key:  # its own NMS thresholds, not ours: said, not silently ignored
+        assert "--iou-thres does not apply" in yolo_logs.text
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -190,6 +192,16 @@ def test_unusable_yolov7_forms_say_which_export_option(path, match):
         load_backend(FOREIGN / path)
     assert "\n" not in str(e.value)
 
+
+
+def test_torchscript_without_metadata_is_refused_in_val_with_the_reason(coco4, tmp_path):
+    # YOLOv7's export.py saves its trace without config.txt: no names, no class count before a forward
+    bare = tmp_path / "y7_like.torchscript"
+    torch.jit.save(torch.jit.load(str(FOREIGN / FILES["yolov5-torchscript"][0])), str(bare))
+    with pytest.raises(ValueError, match=r"y7_like.torchscript has no class names or class count in its metadata.*"
+                                         r"re-export it with this project's export.py") as e:
+        val.run(data=coco4, weights=bare, imgsz=IMGSZ, batch_size=4, workers=0, project=tmp_path, plots=False)
+    assert "predicts 0 classes" not in str(e.value)
 
 def _edited_copy(tmp_path, edit) -> Path:
     """y5.onnx with ``edit(model)`` applied (metadata or input dims changed), saved under tmp_path."""

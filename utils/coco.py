@@ -61,14 +61,14 @@ def ground_truth_json(ids: list[int], paths: list[str], shapes: list[tuple[int, 
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def require_pycocotools() -> None:
-    """A ``ValueError`` saying how to get pycocotools where it is missing: only the COCO JSON evaluation
-    (``--save-json``) uses it; validation's own mAP (utils/metrics.py) does not."""
+def require_pycocotools(option: str = "the COCO JSON evaluation") -> None:
+    """A ``ValueError`` saying how to get pycocotools where it is missing (``option``: what asked for it, as the
+    caller names it): only the COCO JSON evaluation uses it; validation's own mAP (utils/metrics.py) does not."""
     try:
         import pycocotools.cocoeval  # noqa: F401
     except ImportError as e:
-        raise ValueError(f"--save-json evaluates with pycocotools, which cannot be imported here ({e}): "
-                         "pip install pycocotools, or validate without --save-json (the mAP needs no pycocotools)") from None
+        raise ValueError(f"{option} evaluates with pycocotools, which cannot be imported here ({e}): "
+                         f"pip install pycocotools, or validate without {option} (the mAP needs no pycocotools)") from None
 
 
 def coco_evaluate(anno_json: str | Path, pred_json: str | Path, image_ids=None) -> dict[str, float]:

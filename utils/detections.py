@@ -28,7 +28,7 @@ from torch import nn
 from utils.augmentations import letterbox
 from utils.backends import load_backend
 from utils.general import LOGGER, increment_path, make_divisible, unique_name
-from utils.ops import clip_boxes, non_max_suppression, realtime_nms_budget, scale_boxes, xyxy2xywh
+from utils.ops import clip_boxes, filter_end2end, non_max_suppression, realtime_nms_budget, scale_boxes, xyxy2xywh
 from utils.plots import Annotator, class_name, colors
 
 
@@ -87,23 +87,14 @@ def postprocess(out, conf_thres: float, iou_thres: float, classes=None, agnostic
                 multi_label: bool = False, max_det: int = 1000, end2end: bool = False) -> list[torch.Tensor]:
     """Model output -> per-image (n, 6) [x1, y1, x2, y2, conf, cls] in network-input pixels.
 
-    ``end2end``: the output is (num_dets, boxes, scores, classes) from an export with NMS inside; only
-    the confidence, class and max_det filters apply then (the graph already suppressed overlaps).
+    ``end2end``: the output is (num_dets, boxes, scores, classes) from an export with NMS inside
+    (``utils.ops.filter_end2end``: ``iou_thres``, ``agnostic`` and ``multi_label`` do not apply).
     """
-    if not end2end:
-        pred = out[0] if isinstance(out, (list, tuple)) else out  # eval-mode models return (pred, raw maps)
-        return non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det,
-                                   time_limit=realtime_nms_budget(len(pred)))
-    num, boxes, scores, cls = (torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in out)
-    result = []
-    for i in range(boxes.shape[0]):
-        n = int(num[i].reshape(-1)[0])
-        d = torch.cat((boxes[i, :n].float(), scores[i, :n, None].float(), cls[i, :n, None].float()), 1)
-        d = d[d[:, 4] > conf_thres]
-        if classes is not None:
-            d = d[(d[:, 5:6] == torch.as_tensor(classes, dtype=d.dtype, device=d.device)).any(1)]
-        result.append(d[d[:, 4].argsort(descending=True)][:max_det])
-    return result
+    if end2end:
+        return filter_end2end(out, conf_thres, classes, max_det)
+    pred = out[0] if isinstance(out, (list, tuple)) else out  # eval-mode models return (pred, raw maps)
+    return non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det,
+                               time_limit=realtime_nms_budget(len(pred)))
 
 
 # ---------------------------------------------------------------------------------------------- AutoShape

@@ -19,11 +19,10 @@ from tqdm import tqdm
 
 from utils.backends import load_backend
 from utils.coco import coco_image_id, detections_to_json
-from utils.detections import postprocess
 from utils.general import LOGGER, unique_name
 from utils.metric_plots import plot_confusion_matrix, plot_metric_curves
 from utils.metrics import ConfusionMatrix, evaluate_detections
-from utils.ops import label_lines, non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
+from utils.ops import filter_end2end, label_lines, non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.plots import plot_images
 from utils.torch_utils import synced_time
 
@@ -156,7 +155,7 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
         # no NMS time budget (YOLOv5's val drops a batch's remaining images past 0.5 + 0.05 * bs seconds,
         # which lowers mAP on a loaded machine)
         if backend.end2end:  # NMS inside the file: its (num, boxes, scores, classes) filtered by conf and max_det
-            preds = postprocess(preds, conf_thres, iou_thres, max_det=max_det, end2end=True)
+            preds = filter_end2end(preds, conf_thres, max_det=max_det)
         else:
             preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=collector.single_cls,
                                         max_det=max_det)

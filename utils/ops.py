@@ -208,6 +208,22 @@ def non_max_suppression(
     return output
 
 
+def filter_end2end(out, conf_thres: float, classes=None, max_det: int = 1000) -> list[torch.Tensor]:
+    """The output of an export with NMS inside, (num_dets, boxes, scores, classes), as per-image (n, 6) rows
+    [x1, y1, x2, y2, conf, cls]: only the confidence, class and max_det filters apply (the graph already
+    suppressed overlaps, with its own IoU threshold)."""
+    num, boxes, scores, cls = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for x in out)
+    result = []
+    for i in range(boxes.shape[0]):
+        n = int(num[i].reshape(-1)[0])
+        d = torch.cat((boxes[i, :n].float(), scores[i, :n, None].float(), cls[i, :n, None].float()), 1)
+        d = d[d[:, 4] > conf_thres]
+        if classes is not None:
+            d = d[(d[:, 5:6] == torch.as_tensor(classes, dtype=d.dtype, device=d.device)).any(1)]
+        result.append(d[d[:, 4].argsort(descending=True)][:max_det])
+    return result
+
+
 def label_lines(det, shape, save_conf: bool = False) -> list[str]:
     """YOLO label lines 'cls x y w h [conf]' (normalized xywh) for (n, 6) detections on an image of ``shape``."""
     h, w = shape[:2]
