@@ -124,9 +124,16 @@ class SEBlock(nn.Module):
         return x * torch.sigmoid(self.up(F.relu(self.down(w))))
 
 
-def conv_bn(c1, c2, k, s, p, g=1, d=1) -> nn.Sequential:
-    """Bias-free conv followed by BatchNorm, named ``conv``/``bn`` as in RepVGG."""
-    return nn.Sequential(OrderedDict(conv=nn.Conv2d(c1, c2, k, s, p, d, g, bias=False), bn=nn.BatchNorm2d(c2)))
+def conv_bn(c1, c2, k, s, p, g=1, d=1, names=("conv", "bn")) -> nn.Sequential:
+    """Bias-free conv followed by BatchNorm, keyed ``names``: RepVGG's ``conv``/``bn`` or YOLOv7's ``0``/``1``."""
+    conv, bn = nn.Conv2d(c1, c2, k, s, p, d, g, bias=False), nn.BatchNorm2d(c2)
+    return nn.Sequential(OrderedDict(zip(names, (conv, bn))))
+
+
+def fuse_conv_bn(branch: nn.Sequential) -> tuple[Tensor, Tensor]:
+    """(kernel, bias) of a ``conv_bn`` branch, whichever names it is keyed by (read by position)."""
+    conv, bn = branch
+    return fuse_bn(conv.weight, bn)
 
 
 class RepVGGBlock(Reparameterizable):
@@ -134,6 +141,11 @@ class RepVGGBlock(Reparameterizable):
 
     The identity branch exists only when the output can equal the input (c1 == c2, stride 1,
     'same' padding). Folds into one kxk conv with bias (``rbr_reparam``).
+
+    Subclasses with other branches override the factories ``_dense_branch`` (kxk),
+    ``_scale_branch`` (1x1, padded to see the kxk branch's centre pixel) and ``_identity_branch``,
+    which ``__init__`` calls once each, in RepVGG's slot order ``rbr_identity``, ``rbr_dense``,
+    ``rbr_1x1``; ``_branch_sum``/``_branch_kernel_bias`` give the summed output and its fold.
     """
 
     deploy_attr = "rbr_reparam"
@@ -141,9 +153,9 @@ class RepVGGBlock(Reparameterizable):
     def __init__(self, c1, c2, k=3, s=1, p=None, g=1, d=1, act=True, deploy=False, use_se=False):
         super().__init__(deploy)
         p = autopad(k, p, d)
-        p1x1 = p - d * (k // 2)  # the 1x1 branch must see the kxk branch's centre pixel
-        if p1x1 < 0:
-            raise ValueError(f"RepVGGBlock: padding {p} is too small for a {k}x{k} kernel with dilation {d}")
+        self.p1x1 = p - d * (k // 2)  # the 1x1 branch must see the kxk branch's centre pixel
+        if self.p1x1 < 0:
+            raise ValueError(f"{type(self).__name__}: padding {p} is too small for a {k}x{k} kernel with dilation {d}")
         self.c1, self.c2, self.k, self.s, self.p, self.g, self.d = c1, c2, k, s, p, g, d
         self.nonlinearity = make_activation(act)
         self.se = SEBlock(c2, max(c2 // 16, 1)) if use_se else nn.Identity()
@@ -151,29 +163,46 @@ class RepVGGBlock(Reparameterizable):
             self.rbr_reparam = self._new_deploy_conv()
         else:
             same_shape = c1 == c2 and s == 1 and p == autopad(k, None, d)
-            self.rbr_identity = nn.BatchNorm2d(c1) if same_shape else None
-            self.rbr_dense = conv_bn(c1, c2, k, s, p, g, d)
-            self.rbr_1x1 = conv_bn(c1, c2, 1, s, p1x1, g)
+            self.rbr_identity = self._identity_branch() if same_shape else None
+            self.rbr_dense = self._dense_branch()
+            self.rbr_1x1 = self._scale_branch()
+
+    def _dense_branch(self) -> nn.Module:
+        return conv_bn(self.c1, self.c2, self.k, self.s, self.p, self.g, self.d)
+
+    def _scale_branch(self) -> nn.Module:
+        return conv_bn(self.c1, self.c2, 1, self.s, self.p1x1, self.g)
+
+    def _identity_branch(self) -> nn.Module:
+        return nn.BatchNorm2d(self.c1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.deploy:
-            return self.nonlinearity(self.se(self.rbr_reparam(x)))
+        y = self.rbr_reparam(x) if self.deploy else self._branch_sum(x)
+        return self.nonlinearity(self.se(y))
+
+    def _branch_sum(self, x: Tensor) -> Tensor:
         y = self.rbr_dense(x) + self.rbr_1x1(x)
         if self.rbr_identity is not None:
             y = y + self.rbr_identity(x)
-        return self.nonlinearity(self.se(y))
+        return y
 
     def get_equivalent_kernel_bias(self):
         if self.deploy:
             return self.rbr_reparam.weight, self.rbr_reparam.bias
-        kernel, bias = fuse_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
-        k1, b1 = fuse_bn(self.rbr_1x1.conv.weight, self.rbr_1x1.bn)
+        return self._branch_kernel_bias()
+
+    def _branch_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        """(kernel, bias) of ``_branch_sum``."""
+        kernel, bias = fuse_conv_bn(self.rbr_dense)
+        k1, b1 = fuse_conv_bn(self.rbr_1x1)
         kernel, bias = kernel + pad_to_kernel(k1, self.k), bias + b1
         if self.rbr_identity is not None:
-            w = self.rbr_dense.conv.weight
-            kid, bid = fuse_bn(identity_kernel(self.c1, self.g, self.k, dtype=w.dtype, device=w.device), self.rbr_identity)
+            kid, bid = fuse_bn(self._identity_kernel(kernel), self.rbr_identity)
             kernel, bias = kernel + kid, bias + bid
         return kernel, bias
+
+    def _identity_kernel(self, like: Tensor) -> Tensor:
+        return identity_kernel(self.c1, self.g, self.k, dtype=like.dtype, device=like.device)
 
     def _new_deploy_conv(self) -> nn.Conv2d:
         return nn.Conv2d(self.c1, self.c2, self.k, self.s, self.p, self.d, self.g, bias=True)
@@ -195,27 +224,23 @@ class QARepVGGBlock(RepVGGBlock):
     def __init__(self, c1, c2, k=3, s=1, p=None, g=1, d=1, act=True, deploy=False, use_se=False):
         super().__init__(c1, c2, k, s, p, g, d, act, deploy, use_se)
         if not deploy:
-            self.rbr_1x1 = nn.Conv2d(c1, c2, 1, s, self.p - d * (k // 2), groups=g, bias=False)
-            self.rbr_identity = nn.Identity() if self.rbr_identity is not None else None
-            self.bn = nn.BatchNorm2d(c2)
+            self.bn = nn.BatchNorm2d(c2)  # after the branches, as in the state dicts written so far
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.deploy:
-            return self.nonlinearity(self.se(self.rbr_reparam(x)))
-        y = self.rbr_dense(x) + self.rbr_1x1(x)
-        if self.rbr_identity is not None:
-            y = y + x
-        return self.nonlinearity(self.se(self.bn(y)))
+    def _scale_branch(self) -> nn.Module:
+        return nn.Conv2d(self.c1, self.c2, 1, self.s, self.p1x1, groups=self.g, bias=False)
 
-    def get_equivalent_kernel_bias(self):
-        if self.deploy:
-            return self.rbr_reparam.weight, self.rbr_reparam.bias
-        kernel, bias = fuse_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
+    def _identity_branch(self) -> nn.Module:
+        return nn.Identity()
+
+    def _branch_sum(self, x: Tensor) -> Tensor:
+        return self.bn(super()._branch_sum(x))
+
+    def _branch_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        kernel, bias = fuse_conv_bn(self.rbr_dense)
         kernel = kernel + pad_to_kernel(self.rbr_1x1.weight, self.k)
         if self.rbr_identity is not None:
-            kernel = kernel + identity_kernel(self.c1, self.g, self.k, dtype=kernel.dtype, device=kernel.device)
-        scale = self.bn.weight / (self.bn.running_var + self.bn.eps).sqrt()  # the BatchNorm after the sum
-        return kernel * scale.reshape(-1, 1, 1, 1), (bias - self.bn.running_mean) * scale + self.bn.bias
+            kernel = kernel + self._identity_kernel(kernel)
+        return fuse_bn(kernel, self.bn, bias)  # the BatchNorm after the sum
 
     def _remove_training_branches(self) -> None:
         super()._remove_training_branches()

@@ -19,8 +19,9 @@ from models.config_check import check_anchors, check_head, check_inputs, check_l
 from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QARepVGGBlock, RepVGGBlock
 from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
-from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv, fold_implicit
+from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv
 from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, make_divisible, setup_logging
+from utils.reparam import fold_implicit
 from utils.torch_utils import initialize_weights, model_summary
 
 

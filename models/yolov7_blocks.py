@@ -4,15 +4,17 @@ A state dict saved by the official YOLOv7 code loads into these with ``strict=Tr
 (parameter-free pools), ``SPPCSPC`` (``cv1``..``cv7``, ``m``), ``RepConv`` (``rbr_dense``/``rbr_1x1``
 as ``Sequential(conv, bn)`` keyed ``0``/``1``, ``rbr_identity``, folded ``rbr_reparam``) and the YOLOR
 implicit layers (``implicit``). The ``IDetect`` head that uses the implicit layers lives with
-``Detect`` in ``models/yolo.py``; its fold is ``fold_implicit`` below.
+``Detect`` in ``models/yolo.py``; its fold is ``utils.reparam.fold_implicit``.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from models.common import Conv, RepVGGBlock
+from models.common import Conv, RepVGGBlock, conv_bn
 from models.layers import autopad
+
+YOLOV7_CONV_BN = ("0", "1")  # RepConv's conv-BN keys: YOLOv7 writes nn.Sequential(conv, bn), RepVGG names them
 
 
 class MP(nn.Module):
@@ -63,22 +65,6 @@ class SPPCSPC(nn.Module):
         return self.cv7(torch.cat((y1, self.cv2(x)), 1))
 
 
-class IndexedConvBN(nn.Sequential):
-    """``Sequential(conv, bn)`` keyed ``0``/``1`` (YOLOv7's layout) that also answers to ``.conv``/``.bn``,
-    the names ``RepVGGBlock``'s fold reads, so ``RepConv`` reuses that fold unchanged."""
-
-    def __init__(self, c1, c2, k, s, p, g=1):
-        super().__init__(nn.Conv2d(c1, c2, k, s, p, groups=g, bias=False), nn.BatchNorm2d(c2))
-
-    @property
-    def conv(self) -> nn.Conv2d:
-        return self[0]
-
-    @property
-    def bn(self) -> nn.BatchNorm2d:
-        return self[1]
-
-
 class RepConv(RepVGGBlock):
     """YOLOv7's RepConv: a RepVGG block (kxk conv-BN + 1x1 conv-BN + identity BN when c1 == c2 and s == 1)
     with YOLOv7's signature and branch layout. Folds, like ``RepVGGBlock``, into ``rbr_reparam``.
@@ -90,9 +76,12 @@ class RepConv(RepVGGBlock):
         if k % 2 == 0 or autopad(k, p) != k // 2:
             raise ValueError(f"RepConv needs an odd kernel with 'same' padding {k // 2}, got k={k}, p={p}")
         super().__init__(c1, c2, k, s, p, g, 1, act, deploy)
-        if not deploy:  # same slots as RepVGGBlock's branches, so the state-dict order stays YOLOv7's
-            self.rbr_dense = IndexedConvBN(c1, c2, k, s, self.p, g)
-            self.rbr_1x1 = IndexedConvBN(c1, c2, 1, s, 0, g)
+
+    def _dense_branch(self) -> nn.Module:
+        return conv_bn(self.c1, self.c2, self.k, self.s, self.p, self.g, names=YOLOV7_CONV_BN)
+
+    def _scale_branch(self) -> nn.Module:
+        return conv_bn(self.c1, self.c2, 1, self.s, self.p1x1, self.g, names=YOLOV7_CONV_BN)
 
 
 class _Implicit(nn.Module):
@@ -125,16 +114,3 @@ class ImplicitM(_Implicit):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.implicit * x
-
-
-def fold_implicit(weight: Tensor, bias: Tensor, add: Tensor, mul: Tensor) -> tuple[Tensor, Tensor]:
-    """(kernel, bias) of ``mul * conv(x + add)`` for a 1x1 ``conv`` with ``weight``/``bias``.
-
-    ``conv(x + add) = conv(x) + W @ add`` (exact for 1x1 kernels only: a padded kxk conv would see
-    the offset at the borders differently), then the per-output-channel ``mul`` scales both terms.
-    """
-    if weight.shape[-2:] != (1, 1):
-        raise ValueError(f"implicit layers fold into 1x1 convolutions only, got a {tuple(weight.shape[-2:])} kernel")
-    bias = bias + weight.flatten(1) @ add.flatten()
-    scale = mul.flatten()
-    return weight * scale.view(-1, 1, 1, 1), bias * scale

@@ -6,24 +6,42 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import (register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
 from torch.overrides import TorchFunctionMode
 
 from helpers import randomize_batchnorm_, rel_error
 from models.common import OREPA, Conv, DWConv, QARepVGGBlock, RepVGGBlock
 from models.orepa import frequency_prior
 from models.reparameterizable import Reparameterizable
+from models.yolo import IDetect
+from models.yolov7_blocks import ImplicitA, ImplicitM, RepConv
 
 # (c1, c2, k, s, g)
 GEOMETRIES = [(8, 8, 3, 1, 1), (8, 16, 3, 2, 1), (16, 16, 3, 1, 4), (8, 16, 5, 1, 2), (16, 16, 1, 1, 1),
               (12, 24, 3, 2, 3), (16, 32, 3, 1, 8)]
+
+
+def implicit_head(c1, c2, k, s, g, **kw) -> IDetect:
+    """YOLOv7's IDetect on two levels of c1 and c2 channels (k, s and g do not apply: its convs are 1x1),
+    with strides set so the decoded boxes depend on every term."""
+    head = IDetect(3, [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119]], (c1, c2), **kw)
+    head.stride = torch.tensor([8.0, 16.0])
+    return head
+
+
 BLOCKS = {
-    "Conv": lambda c1, c2, k, s, g: Conv(c1, c2, k, s, g=g),
-    "RepVGGBlock": lambda c1, c2, k, s, g: RepVGGBlock(c1, c2, k, s, g=g),
-    "RepVGGBlock+SE": lambda c1, c2, k, s, g: RepVGGBlock(c1, c2, k, s, g=g, use_se=True),
-    "QARepVGGBlock": lambda c1, c2, k, s, g: QARepVGGBlock(c1, c2, k, s, g=g),
-    "QARepVGGBlock+SE": lambda c1, c2, k, s, g: QARepVGGBlock(c1, c2, k, s, g=g, use_se=True),
-    "OREPA": lambda c1, c2, k, s, g: OREPA(c1, c2, k, s, g=g),
+    "Conv": lambda c1, c2, k, s, g, **kw: Conv(c1, c2, k, s, g=g, **kw),
+    "RepVGGBlock": lambda c1, c2, k, s, g, **kw: RepVGGBlock(c1, c2, k, s, g=g, **kw),
+    "RepVGGBlock+SE": lambda c1, c2, k, s, g, **kw: RepVGGBlock(c1, c2, k, s, g=g, use_se=True, **kw),
+    "QARepVGGBlock": lambda c1, c2, k, s, g, **kw: QARepVGGBlock(c1, c2, k, s, g=g, **kw),
+    "QARepVGGBlock+SE": lambda c1, c2, k, s, g, **kw: QARepVGGBlock(c1, c2, k, s, g=g, use_se=True, **kw),
+    "OREPA": lambda c1, c2, k, s, g, **kw: OREPA(c1, c2, k, s, g=g, **kw),
+    "RepConv": lambda c1, c2, k, s, g, **kw: RepConv(c1, c2, k, s, g=g, **kw),
+    "IDetect": implicit_head,
 }
+MULTI_CONV = {"IDetect"}  # folds several convs itself, so it has no single (kernel, bias)
+TRAINING_ONLY = (nn.BatchNorm2d, ImplicitA, ImplicitM)  # nothing of these may survive a fold
 
 
 def randomized(block: nn.Module, seed: int = 0) -> nn.Module:
@@ -35,12 +53,28 @@ def randomized(block: nn.Module, seed: int = 0) -> nn.Module:
     return randomize_batchnorm_(block, seed).eval()
 
 
-def fold_check(block: nn.Module, x: torch.Tensor) -> float:
+def block_input(block: nn.Module, c1: int, h: int = 17, w: int = 13):
+    """A batch for ``block``: one map, or one per level (halving the size) for a detection head."""
+    if isinstance(block, IDetect):
+        return [torch.randn(2, m.in_channels, h >> i, w >> i) for i, m in enumerate(block.m)]
+    return torch.randn(2, c1, h, w)
+
+
+def outputs(block: nn.Module, x) -> list[torch.Tensor]:
+    """The block's output tensors; a head gets its own copy of the list (it writes into it) and returns
+    (decoded, raw maps) in eval mode."""
+    if isinstance(x, torch.Tensor):
+        return [block(x)]
+    decoded, raw = block(list(x))
+    return [decoded, *raw]
+
+
+def fold_check(block: nn.Module, x) -> float:
     with torch.no_grad():
-        before = block(x)
+        before = outputs(block, x)
         block.fold()
-        after = block(x)
-    return rel_error(before, after)
+        after = outputs(block, x)
+    return max(rel_error(b, a) for b, a in zip(before, after))
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "c{}-{}_k{}_s{}_g{}".format(*g))
@@ -48,24 +82,40 @@ def fold_check(block: nn.Module, x: torch.Tensor) -> float:
 def test_fold_is_exact(kind, geometry):
     c1, c2, k, s, g = geometry
     block = randomized(BLOCKS[kind](c1, c2, k, s, g), seed=zlib.crc32(f"{kind}{geometry}".encode()) % 1000)
-    x = torch.randn(2, c1, 17, 13)
+    x = block_input(block, c1)
     assert fold_check(block, x) < 1e-5
     assert block.deploy
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in block.modules())
+    assert not any(isinstance(m, TRAINING_ONLY) for m in block.modules())
 
 
 @pytest.mark.parametrize("kind", list(BLOCKS))
 def test_fold_is_idempotent_and_state_dict_loads_into_deploy_layout(kind):
     block = randomized(BLOCKS[kind](8, 8, 3, 1, 1))
-    x = torch.randn(1, 8, 10, 10)
+    x = block_input(block, 8, 10, 10)
     block.fold()
     state = {k: v.clone() for k, v in block.state_dict().items()}
     block.fold()  # second call: nothing changes
     assert all(torch.equal(state[k], v) for k, v in block.state_dict().items())
-    fresh = type(block)(8, 8, 3, 1, deploy=True, **({"use_se": True} if "SE" in kind else {}))
+    fresh = BLOCKS[kind](8, 8, 3, 1, 1, deploy=True)
     fresh.load_state_dict(state, strict=True)
     with torch.no_grad():
-        assert torch.equal(fresh.eval()(x), block(x))
+        assert all(torch.equal(a, b) for a, b in zip(outputs(fresh.eval(), x), outputs(block, x)))
+
+
+@pytest.mark.parametrize("kind", list(BLOCKS))
+def test_construction_builds_no_branch_it_throws_away(kind):
+    """Every module and parameter created while a block is built ends up in it: no subclass lets its base
+    build a branch and then replaces it."""
+    made = []
+    hooks = [register_module_module_registration_hook(lambda parent, name, m: made.append(m)),
+             register_module_parameter_registration_hook(lambda parent, name, p: made.append(p))]
+    try:
+        block = BLOCKS[kind](8, 8, 3, 1, 1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    kept = {id(x) for x in (*block.modules(), *block.parameters())}
+    assert made and all(id(x) in kept for x in made if x is not None)
 
 
 def test_dilated_and_custom_padding_blocks_fold_exactly():
@@ -92,9 +142,11 @@ def test_fold_in_float64_and_bfloat16():
 
 
 def test_every_foldable_block_shares_the_interface():
-    for make in BLOCKS.values():
+    for kind, make in BLOCKS.items():
         block = make(8, 8, 3, 1, 1)
         assert isinstance(block, Reparameterizable)
+        if kind in MULTI_CONV:
+            continue
         kernel, bias = block.get_equivalent_kernel_bias()
         assert kernel.shape == (8, 8, 3, 3) and bias.shape == (8,)
 
@@ -113,6 +165,34 @@ def test_repvgg_identity_branch_only_when_shapes_match():
     assert RepVGGBlock(8, 8, 3, 2).rbr_identity is None
     names = set(RepVGGBlock(8, 8, 3, 1).state_dict())
     assert {"rbr_dense.conv.weight", "rbr_dense.bn.running_var", "rbr_1x1.conv.weight", "rbr_identity.weight"} <= names
+
+
+def bn_keys(prefix: str) -> list[str]:
+    return [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+# unfused state-dict keys, in order (RepVGG's, YOLOv7's RepConv's, and what our QARepVGG checkpoints hold);
+# the identity branch's keys come first and exist only when the output can equal the input
+LAYOUTS = {
+    "RepVGGBlock": ("rbr_identity", ["rbr_dense.conv.weight", *bn_keys("rbr_dense.bn"),
+                                     "rbr_1x1.conv.weight", *bn_keys("rbr_1x1.bn")]),
+    "QARepVGGBlock": (None, ["rbr_dense.conv.weight", *bn_keys("rbr_dense.bn"), "rbr_1x1.weight", *bn_keys("bn")]),
+    "RepConv": ("rbr_identity", ["rbr_dense.0.weight", *bn_keys("rbr_dense.1"),
+                                 "rbr_1x1.0.weight", *bn_keys("rbr_1x1.1")]),
+}
+
+
+@pytest.mark.parametrize("c1,c2,s,g", [(8, 8, 1, 1), (8, 16, 2, 2)])
+@pytest.mark.parametrize("kind", [*LAYOUTS, "RepVGGBlock+SE", "QARepVGGBlock+SE"])
+def test_rep_block_state_dict_layout(kind, c1, c2, s, g):
+    block = BLOCKS[kind](c1, c2, 3, s, g)
+    identity, branches = LAYOUTS[kind.removesuffix("+SE")]
+    expected = ["se.down.weight", "se.down.bias", "se.up.weight", "se.up.bias"] if kind.endswith("+SE") else []
+    expected += bn_keys(identity) if identity and (c1, s) == (c2, 1) else []
+    state = block.state_dict()
+    assert list(state) == expected + branches
+    one = next(k for k in branches if k.startswith("rbr_1x1"))  # branches[0] is the dense conv's weight
+    assert state[branches[0]].shape == (c2, c1 // g, 3, 3) and state[one].shape == (c2, c1 // g, 1, 1)
 
 
 def test_qarepvgg_layout_one_batchnorm_after_the_sum():

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import randomize_batchnorm_, rel_error
-from utils.reparam import compose_1x1_kxk, depthwise_pointwise_kernel, fuse_bn, identity_kernel, pad_to_kernel
+from utils.reparam import (compose_1x1_kxk, depthwise_pointwise_kernel, fold_implicit, fuse_bn, identity_kernel,
+                           pad_to_kernel)
 
 
 @pytest.mark.parametrize("channels,groups,k", [(8, 1, 3), (8, 2, 3), (8, 8, 3), (6, 3, 5), (4, 1, 1)])
@@ -20,6 +21,17 @@ def test_fuse_bn_matches_conv_then_bn():
     bn = randomize_batchnorm_(nn.BatchNorm2d(10), seed=1).eval()
     x = torch.randn(2, 6, 12, 12)
     kernel, bias = fuse_bn(conv.weight, bn)
+    assert rel_error(bn(conv(x)), F.conv2d(x, kernel, bias, padding=1)) < 1e-6
+
+
+def test_fuse_bn_with_the_conv_bias_matches_biased_conv_then_bn():
+    """QARepVGG's case: the BatchNorm after the sum sees the branches' summed bias."""
+    conv = nn.Conv2d(6, 10, 3, padding=1, bias=True)
+    with torch.no_grad():
+        conv.bias.normal_()
+    bn = randomize_batchnorm_(nn.BatchNorm2d(10), seed=2).eval()
+    x = torch.randn(2, 6, 12, 12)
+    kernel, bias = fuse_bn(conv.weight, bn, conv.bias)
     assert rel_error(bn(conv(x)), F.conv2d(x, kernel, bias, padding=1)) < 1e-6
 
 
@@ -64,3 +76,13 @@ def test_algebra_keeps_gradients():
     k2 = torch.randn(4, 4, 3, 3, requires_grad=True)
     compose_1x1_kxk(k1, k2).sum().backward()
     assert k1.grad is not None and k2.grad is not None and k1.grad.abs().sum() > 0
+
+
+def test_fold_implicit_is_exact_for_1x1_and_refuses_larger_kernels():
+    conv = nn.Conv2d(6, 4, 1)
+    a, m = torch.randn(1, 6, 1, 1), torch.randn(1, 4, 1, 1)
+    x = torch.randn(2, 6, 5, 7)
+    w, b = fold_implicit(conv.weight, conv.bias, a, m)
+    torch.testing.assert_close(nn.functional.conv2d(x, w, b), m * conv(x + a))
+    with pytest.raises(ValueError, match="1x1"):
+        fold_implicit(torch.randn(4, 6, 3, 3), conv.bias, a, m)

@@ -14,7 +14,7 @@ import export
 from helpers import assert_reference_outputs, randomize_batchnorm_, rel_error
 from models.layers import make_activation, parse_activation
 from models.yolo import Detect, IDetect, Model
-from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv, fold_implicit
+from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv
 from utils.backends import load_backend
 from utils.checkpoint import load_model, save_checkpoint
 from yolov7_reference import REFERENCE_PATH, seeded_state_dict
@@ -132,16 +132,6 @@ def test_repconv_refuses_what_its_branches_cannot_represent():
         RepConv(8, 8, 2)
     with pytest.raises(ValueError, match="'same' padding"):
         RepConv(8, 8, 3, p=0)
-
-
-def test_fold_implicit_is_exact_for_1x1_and_refuses_larger_kernels():
-    conv = nn.Conv2d(6, 4, 1)
-    a, m = torch.randn(1, 6, 1, 1), torch.randn(1, 4, 1, 1)
-    x = torch.randn(2, 6, 5, 7)
-    w, b = fold_implicit(conv.weight, conv.bias, a, m)
-    torch.testing.assert_close(nn.functional.conv2d(x, w, b), m * conv(x + a))
-    with pytest.raises(ValueError, match="1x1"):
-        fold_implicit(torch.randn(4, 6, 3, 3), conv.bias, a, m)
 
 
 def test_idetect_is_a_detect_with_yolov7_state_dict_names():

@@ -11,11 +11,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def fuse_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Fold an eval-mode BatchNorm that follows a bias-free conv into (kernel, bias)."""
+def fuse_bn(kernel: Tensor, bn: nn.BatchNorm2d, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm that follows a conv into (kernel, bias).
+
+    ``bias`` is the conv's own bias (``None``: bias-free), e.g. the summed branch biases that
+    QARepVGG's BatchNorm after the sum sees.
+    """
     std = (bn.running_var + bn.eps).sqrt()
     scale = bn.weight / std
-    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+    mean = bn.running_mean if bias is None else bn.running_mean - bias  # what the BN subtracts, net of the conv's bias
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - mean * scale
 
 
 def pad_to_kernel(kernel: Tensor, k: int) -> Tensor:
@@ -66,3 +71,17 @@ def depthwise_pointwise_kernel(dw: Tensor, pw: Tensor, in_channels: int, groups:
     d = dw.reshape(groups, cg, m, kh, kw)
     p = pw.reshape(groups, o // groups, cg, m)
     return torch.einsum("gcmhw,gocm->gochw", d, p).reshape(o, cg, kh, kw)
+
+
+def fold_implicit(weight: Tensor, bias: Tensor, add: Tensor, mul: Tensor) -> tuple[Tensor, Tensor]:
+    """(kernel, bias) of ``mul * conv(x + add)`` for a 1x1 ``conv`` with ``weight``/``bias`` (YOLOR's
+    implicit layers around a detection conv).
+
+    ``conv(x + add) = conv(x) + W @ add`` (exact for 1x1 kernels only: a padded kxk conv would see
+    the offset at the borders differently), then the per-output-channel ``mul`` scales both terms.
+    """
+    if weight.shape[-2:] != (1, 1):
+        raise ValueError(f"implicit layers fold into 1x1 convolutions only, got a {tuple(weight.shape[-2:])} kernel")
+    bias = bias + weight.flatten(1) @ add.flatten()
+    scale = mul.flatten()
+    return weight * scale.view(-1, 1, 1, 1), bias * scale
