@@ -25,7 +25,7 @@ from utils.hyperparameters import AUGMENTATION_DEFAULTS
 from utils.label_cache import (IMG_FORMATS, NUM_THREADS, fallback_cache_dir, img2label_paths, load_verified_labels,
                                report_labels, short_hash, summarize, writable_dir)
 from utils.ops import xywhn2xyxy, xyxy2xywhn
-from utils.textfiles import read_lines
+from utils.textfiles import read_list
 
 
 def list_image_files(path, prefix: str = "") -> list[str]:
@@ -41,10 +41,9 @@ def list_image_files(path, prefix: str = "") -> list[str]:
         if p.is_dir():
             files += [str(f) for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS and f.is_file()]
         elif p.suffix == ".txt" and p.is_file():
-            for line in read_lines(p):
-                if line.strip():
-                    q = Path(line.strip())
-                    files.append(os.path.normpath(q if q.is_absolute() else p.parent / q))
+            for entry in read_list(p):
+                q = Path(entry)
+                files.append(os.path.normpath(q if q.is_absolute() else p.parent / q))
         elif p.suffix[1:].lower() in IMG_FORMATS:
             files.append(str(p))
         else:

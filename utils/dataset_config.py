@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from utils.general import LOGGER, excerpt, is_whole, load_yaml
 from utils.synthetic import generate_shapes
-from utils.textfiles import read_lines
+from utils.textfiles import read_list
 
 SPLITS = ("train", "val", "test")
 
@@ -75,13 +75,7 @@ def load_names(data: str | Path | dict) -> list[str]:
 
 def _read_list(txt: Path, root: Path) -> list[str]:
     """Image paths from a ``.txt`` split; relative entries are relative to the dataset root."""
-    out = []
-    for line in read_lines(txt):
-        line = line.strip()
-        if line:
-            p = Path(line)
-            out.append(str(p if p.is_absolute() else (root / p).resolve()))
-    return out
+    return [str(p if p.is_absolute() else (root / p).resolve()) for p in map(Path, read_list(txt))]
 
 
 def _all_missing(entries: dict[str, list[Path]]) -> list[Path]:

@@ -31,7 +31,7 @@ import numpy as np
 from utils.augmentations import letterbox
 from utils.label_cache import IMG_FORMATS
 from utils.general import LOGGER
-from utils.textfiles import read_lines
+from utils.textfiles import read_list
 
 VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv")
 URL_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "tcp://", "udp://")
@@ -153,8 +153,7 @@ def expand_files(source) -> tuple[list[str], list[str]]:
     elif p.is_dir():
         found = sorted(str(x) for x in p.iterdir() if x.is_file())
     elif p.is_file() and p.suffix.lower() == ".txt":
-        lines = [x.strip() for x in read_lines(p)]
-        entries = [x for x in lines if x and not x.startswith("#")]
+        entries = read_list(p)
         # a relative entry is looked up beside the list file first (dataset lists), then in the working directory
         return [x if is_url(x) or Path(x).is_absolute() or not (p.parent / x).exists() else str(p.parent / x)
                 for x in entries], []

@@ -15,10 +15,13 @@ def decode_text(raw: bytes, errors: str = "strict") -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_text(path: str | Path, errors: str = "strict") -> str:
-    return decode_text(Path(path).read_bytes(), errors)
-
-
 def read_lines(path: str | Path, errors: str = "strict") -> list[str]:
     """The file's lines without their line ends."""
-    return read_text(path, errors).split("\n") if Path(path).stat().st_size else []
+    text = decode_text(Path(path).read_bytes(), errors)
+    return text.split("\n") if text else []  # not splitlines(): a form feed inside a label row is not a line end
+
+
+def read_list(path: str | Path) -> list[str]:
+    """The entries of a list file (image lists, ``.txt`` splits, detect sources): one per line, stripped,
+    blank lines and ``#`` comment lines skipped. Callers resolve relative entries against their own base."""
+    return [s for s in (line.strip() for line in read_lines(path)) if s and not s.startswith("#")]
