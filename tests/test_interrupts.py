@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ import torch
 import export
 from conftest import ROOT
 from models.yolo import Model
-from utils.atomic import WRITE_DELAY_ENV, sweep_stale
+from utils.atomic import WRITE_DELAY_ENV, _host, sweep_stale
 from utils.checkpoint import read_checkpoint, save_checkpoint
 
-HOST = "".join(c for c in socket.gethostname() if c.isalnum() or c == "-")[:24]
+HOST = _host()  # the host part of our temporaries' names
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +130,26 @@ def test_stale_temporaries_of_dead_processes_are_swept_at_the_next_start(nano_ch
         alive.wait()
     assert sweep_stale(tmp_path) == [kept[0]]  # once its process has gone
 
+
+
+def test_generated_dataset_and_label_cache_sweep_their_dead_temporaries(tmp_path):
+    from utils.label_cache import label_cache_paths, load_verified_labels
+    from utils.synthetic import generate_shapes
+
+    dead = dead_pid()
+    stale_dir = tmp_path / f".shapes.{dead}@{HOST}.k3j_x9.tmp"  # a generator killed mid-write
+    (stale_dir / "images").mkdir(parents=True)
+    root = generate_shapes(tmp_path / "shapes", n_train=3, n_val=1, imgsz=32)
+    assert not stale_dir.exists() and hidden(tmp_path) == []
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (root.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's 0o700
+    images = sorted(str(p) for p in (root / "images" / "train").iterdir())
+    cache = label_cache_paths([str(root / "labels" / "train" / "x.txt")])[0]
+    stale_cache = cache.parent / f".{cache.stem}.{dead}@{HOST}.a1b2c3.tmp{cache.suffix}"  # a scan killed mid-write
+    stale_cache.write_text("{")
+    load_verified_labels(images, nc=3)
+    assert cache.is_file() and not stale_cache.exists()
 
 def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, tmp_path, monkeypatch):
     weights = weights_copy(nano_checkpoint, tmp_path)

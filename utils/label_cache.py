@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from utils.atomic import atomic_file, sweep_stale
 from utils.general import LOGGER
 from utils.textfiles import read_lines
 
@@ -217,14 +218,10 @@ def _read_cache(paths: tuple[Path, ...], key: str) -> tuple[dict | None, Path | 
 
 
 def _write_json(data: dict, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    try:
+    sweep_stale(target.parent)  # a SIGKILLed scan's temporary
+    with atomic_file(target, fsync=False) as tmp:  # a concurrent reader never sees half a file
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
-        os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_cache(data: dict, primary: Path, fallback: Path, prefix: str) -> Path | None:

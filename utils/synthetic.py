@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.atomic import plain_mode, sweep_stale, temporary_dir
 from utils.general import LOGGER
 
 CLASS_NAMES = ("circle", "square", "triangle")
@@ -266,9 +266,9 @@ def generate_shapes(root: str | os.PathLike, n_train: int = 400, n_val: int = 10
     LOGGER.info(f"Generating shapes dataset ({counts['train']} train, {counts['val']} val, "
                 f"{imgsz}x{imgsz}, seed {seed}) at {root}")
     t0 = time.perf_counter()
-    # a hidden sibling (same filesystem, so the final rename is atomic); mkdir honours the umask
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    # a hidden sibling (same filesystem, so the final rename is atomic), swept once a SIGKILLed generator is gone
+    sweep_stale(root.parent)
+    tmp = temporary_dir(root.parent, root.name)
     try:
         for split in SPLITS:
             (tmp / "images" / split).mkdir(parents=True)
@@ -289,6 +289,7 @@ def _move_into_place(tmp: Path, root: Path, counts: dict[str, int], signature: s
     """Rename the finished ``tmp`` to ``root``; if another process got there first, keep theirs."""
     if root.is_dir() and not any(root.iterdir()):
         root.rmdir()  # an empty placeholder folder
+    os.chmod(tmp, plain_mode(root, is_dir=True))  # mkdtemp's 0o700 -> what the umask gives a new folder
     try:
         os.rename(tmp, root)
     except OSError:
