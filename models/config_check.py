@@ -58,10 +58,14 @@ def check_inputs(i: int, entry: str, name: str, froms: list[int], multi_input: b
                          f"with a Concat layer first")
 
 
-def check_sizes(i: int, entry: str, cls, args: list, kwargs: dict) -> None:
-    """Kernel sizes, strides, groups, dilations, expansion and scale factors must be positive, paddings >= 0.
-    Call after the signature check (the arguments bind)."""
-    bound = inspect.signature(cls).bind(*args, **kwargs).arguments
+def check_arguments(i: int, entry: str, cls, args: list, kwargs: dict) -> None:
+    """The row's arguments bind to ``cls``'s signature; kernel sizes, strides, groups, dilations, expansion and
+    scale factors are positive, paddings >= 0."""
+    try:
+        bound = inspect.signature(cls).bind(*args, **kwargs).arguments
+    except TypeError as e:
+        raise ValueError(f"layer {i} {entry}: wrong arguments for {cls.__name__}{excerpt(tuple(args))}: "
+                         f"{excerpt(str(e))}") from None
     for key, value in bound.items():
         if key not in POSITIVE_ARGS + NON_NEGATIVE_ARGS or value is None:
             continue

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.config_check import check_anchors, check_head, check_inputs, check_layout, check_multiples, check_sizes
+from models.config_check import check_anchors, check_arguments, check_head, check_inputs, check_layout, check_multiples
 from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QARepVGGBlock, RepVGGBlock
 from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
@@ -213,13 +213,6 @@ def _check_from(i: int, f, entry) -> list[int]:
     return froms
 
 
-def _check_signature(i: int, cls, args: list, kwargs: dict, entry) -> None:
-    try:
-        inspect.signature(cls).bind(*args, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"layer {i} {entry}: wrong arguments for {cls.__name__}{excerpt(tuple(args))}: {excerpt(str(e))}") from None
-
-
 def _row_activation(i: int, cls, args: list, entry) -> tuple[list, dict]:
     """YOLOv7 writes a layer's activation as its last argument (``nn.LeakyReLU(0.1)``). For a module that
     takes ``act``, a trailing string argument is that keyword, parsed here through ``ACTIVATIONS``: in
@@ -291,8 +284,7 @@ def parse_model(d: dict, ch: list[int]):
                 args[1] = [list(range(args[1] * 2))] * len(froms)
         else:
             c2 = ch[froms[0]]
-        _check_signature(i, m, args, kwargs, entry)
-        check_sizes(i, entry, m, args, kwargs)
+        check_arguments(i, entry, m, args, kwargs)
         try:
             if n > 1:  # later copies take the first copy's output channels
                 later = [c2, *args[1:]] if m in CHANNEL_MODULES else args
