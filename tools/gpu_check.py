@@ -241,13 +241,15 @@ def make_plan(opt: argparse.Namespace, torch) -> Plan:
     if opt.rehearse:
         data = rehearsal_data(Path(opt.out))
         tiny = ("--imgsz", "32", "--batch-size", "4")
-        return Plan(True, "cpu", opt.data or data, 1, tiny, data, 1, ("32", "4"), (), "0",
-                    "needs tensorrt + CUDA (rehearsal on the CPU)", 2, tiny)
+        return Plan(rehearse=True, device="cpu", data=opt.data or data, epochs=1, speed_size=tiny, shapes_data=data,
+                    shapes_epochs=1, shapes_size=("32", "4"), half=(), workers="0",
+                    engine_missing="needs tensorrt + CUDA (rehearsal on the CPU)", ddp_processes=2, ddp_size=tiny)
     engine_missing = None if has_module("tensorrt") else "needs tensorrt (pip install tensorrt)"
     n = torch.cuda.device_count()
-    return Plan(False, "0", opt.data or (str(COCO128) if COCO128.is_file() else SHAPES_DATA), opt.epochs,
-                ("--imgsz", "640", "--batch-size", "32"), SHAPES_DATA, opt.shapes_epochs, ("160", "16"),
-                ("--half",), "8", engine_missing, n, ("--imgsz", "640", "--batch-size", str(16 * n)))
+    return Plan(rehearse=False, device="0", data=opt.data or (str(COCO128) if COCO128.is_file() else SHAPES_DATA),
+                epochs=opt.epochs, speed_size=("--imgsz", "640", "--batch-size", "32"), shapes_data=SHAPES_DATA,
+                shapes_epochs=opt.shapes_epochs, shapes_size=("160", "16"), half=("--half",), workers="8",
+                engine_missing=engine_missing, ddp_processes=n, ddp_size=("--imgsz", "640", "--batch-size", str(16 * n)))
 
 
 def shapes_rows(table: Table, plan: Plan, out: Path) -> None:
