@@ -233,8 +233,9 @@ class DetectionLoss:
         n = m.b.shape[0]
         if not n:
             return None, bce_with_logits(pi[..., 4], tobj, self.hyp["obj_pw"], self.fl_gamma), None
-        ps = pi[m.b, m.a, m.gj, m.gi]
-        pxy, pwh = decode_boxes(ps[:, :2].sigmoid(), ps[:, 2:4].sigmoid(), m.anchors)
+        # split, not slices: its backward is one concatenation, three slices' are three full-size zero tensors
+        pxy, pwh, _, pcls = pi[m.b, m.a, m.gj, m.gi].split((2, 2, 1, self.nc), 1)
+        pxy, pwh = decode_boxes(pxy.sigmoid(), pwh.sigmoid(), m.anchors)
         iou = bbox_ciou(torch.cat((pxy, pwh), 1), target_boxes(m, *pi.shape[2:4]))
         score = iou.detach().clamp(0)
         if self.gr < 1:
@@ -242,9 +243,9 @@ class DetectionLoss:
         tobj = self.scatter_objectness(tobj, (m.b, m.a, m.gj, m.gi), score)
         cls = None
         if self.nc > 1:
-            t = torch.full_like(ps[:, 5:], self.cn)
-            t[torch.arange(n, device=ps.device), m.targets[:, 1].long()] = self.cp
-            cls = bce_with_logits(ps[:, 5:], t, self.hyp["cls_pw"], self.fl_gamma)
+            t = torch.full_like(pcls, self.cn)
+            t[torch.arange(n, device=pcls.device), m.targets[:, 1].long()] = self.cp
+            cls = bce_with_logits(pcls, t, self.hyp["cls_pw"], self.fl_gamma)
         return (1.0 - iou).mean(), bce_with_logits(pi[..., 4], tobj, self.hyp["obj_pw"], self.fl_gamma), cls
 
 
