@@ -200,6 +200,7 @@ class DetectionLoss:
         raise NotImplementedError(f"{type(self).__name__} must implement assign()")
 
     def __call__(self, preds: list[Tensor], targets: Tensor, imgs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(loss, [box, obj, cls])`` of ``preds`` against ``targets``, see the class docstring."""
         maps = self.nl * len(self.head_weights)
         if len(preds) != maps:
             raise ValueError(f"{type(self).__name__} takes {maps} prediction maps ({self.nl} levels x "
@@ -256,13 +257,13 @@ class ComputeLoss(DetectionLoss):
         return self.three_cell_matches(preds, targets)
 
     def three_cell_matches(self, preds: list[Tensor], targets: Tensor) -> list[Matches]:
-        """YOLOv5's matches (YOLOv7's ``find_3_positive``): each target in its cell and the two nearest neighbours."""
+        """YOLOv5's matches (YOLOv7's ``find_3_positive``): a target in its cell and the two nearest neighbours."""
         return neighbour_cell_matches(preds, targets, self.detect.anchors, self.hyp["anchor_t"])
 
     def build_targets(self, p: list[Tensor], targets: Tensor):
-        """YOLOv5's view of ``three_cell_matches``, per output level: ``tcls`` (m,) class ids; ``tbox`` (m, 4) xywh in grid
-        units with xy relative to the assigned cell's corner; ``indices`` (image, anchor, gj, gi); ``anch``
-        (m, 2) the matched anchors in grid units."""
+        """YOLOv5's view of ``three_cell_matches``, per output level: ``tcls`` (m,) class ids; ``tbox`` (m, 4)
+        xywh in grid units with xy relative to the assigned cell's corner; ``indices`` (image, anchor, gj, gi);
+        ``anch`` (m, 2) the matched anchors in grid units."""
         matches = self.three_cell_matches(p, targets)
         tbox = [target_boxes(m, *pi.shape[2:4]) for m, pi in zip(matches, p)]
         return ([m.targets[:, 1].long() for m in matches], tbox, [(m.b, m.a, m.gj, m.gi) for m in matches],

@@ -30,6 +30,10 @@ Same values as YOLOv7, computed differently (tests/test_loss_ota.py checks again
 
 The call and result are every loss's here: ``loss(preds, targets, imgs) -> (loss, [box, obj, cls])`` with a
 scalar ``loss``; YOLOv7 returns a ``(1,)`` loss and a fourth item, the unscaled total (``loss / batch size``).
+YOLOv7's auxiliary-head loss (``ComputeLossAuxOTA``) fits as a subclass that overrides ``assign`` only, with
+``topk_iou = 20`` and ``head_weights = (1.0, 0.25)``: the lead maps get ``dynamic_k_matches`` over the
+three-cell candidates, the auxiliary maps over the five-cell ones (``neighbour_cell_matches(margin=1.0)``),
+both costed on the lead head's predictions.
 One deliberate difference: target boxes are scaled to pixels by the image's width and height, where
 YOLOv7 multiplies x and w by the height too (identical for square training images, wrong for rectangular).
 """
