@@ -56,38 +56,33 @@ def seeded_targets(bs: int, n: int, seed: int = 0) -> torch.Tensor:
     return torch.cat((img[:, None], cls[:, None], xy, wh), 1)
 
 
-def step_time(fn, preds: list[torch.Tensor], targets, imgs, with_imgs: bool) -> tuple[float, torch.Tensor]:
+def step_time(fn, preds: list[torch.Tensor], targets, imgs) -> tuple[float, torch.Tensor]:
     for p in preds:
         p.grad = None
     if preds[0].is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    loss, items = fn(preds, targets, imgs) if with_imgs else fn(preds, targets)
-    loss.sum().backward()
+    loss, items = fn(preds, targets, imgs)  # every loss here, and YOLOv7's OTA, takes the images
+    loss.sum().backward()  # YOLOv7's loss has shape (1,), ours is a scalar
     if preds[0].is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, items.detach()
+    return time.perf_counter() - t0, items.detach()[:3]  # YOLOv7's 4th item is the unscaled total
 
 
 def assign_time(fn, preds: list[torch.Tensor], targets, imgs) -> float:
-    """The target assignment alone: ``assign`` for ours, ``build_targets`` for YOLOv5's and YOLOv7's."""
+    """The target assignment alone: ``assign`` for ours, ``build_targets`` for YOLOv7's."""
     if preds[0].is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     with torch.no_grad():
-        if isinstance(fn, ComputeLossOTA):
-            fn.assign(preds, targets, imgs)
-        elif isinstance(fn, ComputeLoss):
-            fn.build_targets(preds, targets)
-        else:
-            fn.build_targets(preds, targets, imgs)
+        (fn.assign if hasattr(fn, "assign") else fn.build_targets)(preds, targets, imgs)
     if preds[0].is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
 def build_losses(opt, tool):
-    """[(name, loss, takes images)] and the Detect geometry, on YOLOv7-tiny's own model when available."""
+    """[(name, loss)] and the Detect geometry, on YOLOv7-tiny's own model when available."""
     if opt.no_yolov7:
         anchors = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
                                dtype=torch.float32).view(3, 3, 2)
@@ -100,10 +95,9 @@ def build_losses(opt, tool):
         logging.getLogger("models.yolo").setLevel(logging.WARNING)
         model = tool.yolov7_model(Model, Path(opt.yolov7), base_hyp, opt.imgsz).to(opt.device)
         det, hyp = model.model[-1], model.hyp
-        losses = [("YOLOv7 ComputeLossOTA (mirror)", OTA7(model), True)]
+        losses = [("YOLOv7 ComputeLossOTA (mirror)", OTA7(model))]
     ours = SimpleNamespace(model=[det], hyp=hyp, gr=1.0)
-    return [("ComputeLoss (YOLOv5)", ComputeLoss(ours, hyp), False),
-            ("ComputeLossOTA (ours)", ComputeLossOTA(ours), True)] + losses, det
+    return [("ComputeLoss (YOLOv5)", ComputeLoss(ours, hyp)), ("ComputeLossOTA (ours)", ComputeLossOTA(ours))] + losses, det
 
 
 def main(argv=None) -> None:
@@ -129,12 +123,12 @@ def main(argv=None) -> None:
              tool.seeded_predictions(0, opt.batch, opt.imgsz, [float(s) for s in det.stride], det.na, det.nc)]
     targets = seeded_targets(opt.batch, opt.targets).to(device)
     imgs = torch.zeros(opt.batch, 3, opt.imgsz, opt.imgsz, device=device)
-    times = {name: [] for name, _, _ in losses}
-    assign_times = {name: [] for name, _, _ in losses}
+    times = {name: [] for name, _ in losses}
+    assign_times = {name: [] for name, _ in losses}
     items = {}
     for r in range(opt.warmup + opt.runs):
-        for name, fn, with_imgs in losses:  # round-robin: drift on a shared machine hits all alike
-            dt, items[name] = step_time(fn, preds, targets, imgs, with_imgs)
+        for name, fn in losses:  # round-robin: drift on a shared machine hits all alike
+            dt, items[name] = step_time(fn, preds, targets, imgs)
             da = assign_time(fn, preds, targets, imgs)
             if r >= opt.warmup:
                 times[name].append(dt)
@@ -145,7 +139,7 @@ def main(argv=None) -> None:
              f"{opt.targets} targets, median of {opt.runs}; {cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
              "| loss | step median ms | vs ComputeLoss | assignment alone, median ms |", "|---|---:|---:|---:|"]
-    for name, _, _ in losses:
+    for name, _ in losses:
         med = statistics.median(times[name])
         lines.append(f"| {name} | {med * 1e3:.1f} | {med / base:.2f}x | {statistics.median(assign_times[name]) * 1e3:.1f} |")
     ref = items.get("YOLOv7 ComputeLossOTA (mirror)")

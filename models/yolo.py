@@ -21,6 +21,7 @@ from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
 from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv
 from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, make_divisible, setup_logging
+from utils.ops import decode_boxes
 from utils.reparam import fold_implicit
 from utils.torch_utils import initialize_weights, model_summary
 
@@ -55,10 +56,10 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                grid = self._grid(nx, ny, i)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + grid) * self.stride[i]
-                wh = (wh * 2) ** 2 * self._anchor_grid(i)
+                # anchors and stride read now, never cached: a checkpoint load or AutoAnchor changes them in place
+                anchors = self.anchors[i].view(1, self.na, 1, 1, 2)
+                xy, wh = decode_boxes(xy, wh, anchors, self._grid(nx, ny, i), self.stride[i])
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         if self.training:
             return x
@@ -78,14 +79,9 @@ class Detect(nn.Module):
             # arange in fp32, then cast: the ONNX exporter cannot type a half-precision Range
             yv, xv = torch.meshgrid(torch.arange(ny, device=a.device, dtype=torch.float32),
                                     torch.arange(nx, device=a.device, dtype=torch.float32), indexing="ij")
-            g = (torch.stack((xv, yv), 2).expand((1, self.na, ny, nx, 2)) - 0.5).to(a.dtype)  # xy*2-0.5: -0.5..1.5
+            g = torch.stack((xv, yv), 2).expand((1, self.na, ny, nx, 2)).to(a.dtype)
             self.grid[i] = g
         return g
-
-    def _anchor_grid(self, i: int) -> Tensor:
-        """Anchor sizes in pixels (1, na, 1, 1, 2) from the anchors and stride in use now. Never cached:
-        loading a checkpoint or AutoAnchor changes the anchors in place, and this is 6 multiplications."""
-        return (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2)
 
 
 class IDetect(Detect, Reparameterizable):

@@ -10,7 +10,7 @@ import yaml
 
 from models.yolo import Model
 from utils.general import ROOT
-from utils.loss import ComputeLoss, bbox_ciou, smooth_bce
+from utils.loss import ComputeLoss, bbox_ciou, neighbour_cell_matches, smooth_bce
 
 # Four stride-2 convs: layer 2 is stride 8, layer 3 stride 16. A 64x64 image gives 8x8 and 4x4 grids.
 TINY_CFG = {
@@ -105,6 +105,38 @@ def test_build_targets_hand_computed(model):
         ]
     assert assignments(*out, level=0) == sorted(p3)
     assert assignments(*out, level=1) == sorted(p4)
+
+
+def test_five_cell_matches_take_every_neighbour_inside_the_grid(model):
+    """Margin 1.0 (YOLOv7's find_5_positive, which its auxiliary heads use): every neighbour cell inside the
+    grid. B and C of test_build_targets_hand_computed on P3: B (centre 4.4, 3.6) gets all four neighbours; C
+    (centre 0.4, 7.6, in the bottom-left cell) only the right and upper ones."""
+    targets = torch.tensor([[1, 0, 0.55, 0.45, 0.7, 0.25], [1, 1, 0.05, 0.95, 0.0625, 0.0625]])
+    m = neighbour_cell_matches(preds_of(model), targets, model.model[-1].anchors, load_hyp()["anchor_t"], margin=1.0)[0]
+    cells = sorted(zip(m.targets[:, 1].int().tolist(), m.a.tolist(), m.gj.tolist(), m.gi.tolist()))
+    b = [(0, a, gj, gi) for a in (1, 2) for gj, gi in ((3, 4), (3, 3), (2, 4), (3, 5), (4, 4))]
+    c = [(1, 0, 7, 0), (1, 0, 7, 1), (1, 0, 6, 0)]
+    assert cells == sorted(b + c)
+
+
+def test_auxiliary_head_maps_are_weighted(model):
+    """The loss body serves heads whose maps follow the lead head's (YOLOv7's auxiliary heads) by their
+    ``head_weights``: here a second head with the lead's predictions and matches at weight 0.25 adds a quarter
+    to every loss."""
+    class TwoHeads(ComputeLoss):
+        head_weights = (1.0, 0.25)
+
+        def assign(self, preds, targets, imgs=None):
+            return self.three_cell_matches(preds[:self.nl], targets) * 2
+
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 0, 0.25, 0.7, 0.2, 0.1]])
+    preds = preds_of(model)
+    _, single = ComputeLoss(model, load_hyp())(preds, targets)
+    total, both = TwoHeads(model, load_hyp())(preds + preds, targets)
+    torch.testing.assert_close(both, single * 1.25, rtol=1e-6, atol=0)
+    assert total.item() == pytest.approx(both.sum().item() * 2, rel=1e-6)
+    with pytest.raises(ValueError, match="takes 4 prediction maps"):  # 2 levels x 2 heads
+        TwoHeads(model, load_hyp())(preds, targets)
 
 
 def test_ratio_threshold_rejects_far_target(model):

@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from utils.general import LOGGER_NAME
-from utils.ops import (box_iou, clip_boxes, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh,
-                       xyxy2xywhn)
+from utils.ops import (box_iou, clip_boxes, decode_boxes, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy,
+                       xyxy2xywh, xyxy2xywhn)
 
 
 # ---------------------------------------------------------------- pure-Python reference
@@ -224,3 +224,12 @@ def test_nms_half_with_apriori_labels():
     labels = [torch.tensor([[79.0, 600.0, 500.0, 80.0, 90.0]]).half()]
     got = non_max_suppression(low, 0.05, 0.45, labels=labels)
     assert got[0].dtype == torch.float32 and ((got[0][:, 5] == 79) & (got[0][:, 4] == 1)).sum() == 1
+
+
+def test_decode_boxes():
+    """Centre 2 * xy - 0.5 cells from the cell's corner, size (2 * wh) ** 2 anchors; grid and stride give pixels."""
+    xy, wh, anchors = torch.tensor([[0.5, 0.0]]), torch.tensor([[0.5, 1.0]]), torch.tensor([[2.0, 3.0]])
+    cxy, cwh = decode_boxes(xy, wh, anchors)
+    assert cxy.tolist() == [[0.5, -0.5]] and cwh.tolist() == [[2.0, 12.0]]  # half a cell outside; 1x and 4x
+    pxy, pwh = decode_boxes(xy, wh, anchors, grid=torch.tensor([[3.0, 5.0]]), stride=8.0)
+    assert pxy.tolist() == [[28.0, 36.0]] and pwh.tolist() == [[16.0, 96.0]]

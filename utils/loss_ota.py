@@ -1,12 +1,14 @@
-"""YOLOv7's OTA loss (``ComputeLossOTA``): the YOLOv5 loss with a dynamic, cost-based target assignment.
+"""YOLOv7's OTA loss (``ComputeLossOTA``): the shared loss body (utils/loss.py) with a dynamic, cost-based
+target assignment.
 
-Candidates are YOLOv7's ``find_3_positive``, which is exactly YOLOv5's three-cell matching, so they come
-from ``ComputeLoss.build_targets``. Among each image's candidates every target then takes its ``k``
+Candidates are YOLOv7's ``find_3_positive``, which is exactly YOLOv5's three-cell matching
+(``ComputeLoss.three_cell_matches``). Among each image's candidates every target then takes its ``k``
 cheapest, SimOTA style: ``k`` = the integer part of the sum of its 10 best IoUs with the candidates'
 decoded boxes (at least 1); the cost is ``BCE(cls) + 3 * -log(IoU + 1e-8)``, the class term on
 ``sqrt(sigmoid(cls) * sigmoid(obj))`` against the one-hot class; a candidate taken by several targets
-goes to the cheapest of all the image's targets. The loss on the matches is YOLOv7's: CIoU box loss,
-objectness towards the detached CIoU, class BCE, per-level objectness balance.
+goes to the cheapest of all the image's targets. The loss on the matches is the shared body, which is
+YOLOv7's: CIoU box loss, objectness towards the detached CIoU, class BCE, per-level objectness balance. Where
+two matches share a cell the later one's score is the objectness target, as YOLOv7 writes it.
 
 Same values as YOLOv7, computed differently (tests/test_loss_ota.py checks against YOLOv7's own code):
 
@@ -26,6 +28,12 @@ Same values as YOLOv7, computed differently (tests/test_loss_ota.py checks again
   this is reproduced with an explicit "last match wins" that is deterministic on every device, where
   index assignment with duplicates is unspecified on CUDA.
 
+The call and result are every loss's here: ``loss(preds, targets, imgs) -> (loss, [box, obj, cls])`` with a
+scalar ``loss``; YOLOv7 returns a ``(1,)`` loss and a fourth item, the unscaled total (``loss / batch size``).
+YOLOv7's auxiliary-head loss (``ComputeLossAuxOTA``) fits as a subclass that overrides ``assign`` only, with
+``topk_iou = 20`` and ``head_weights = (1.0, 0.25)``: the lead maps get ``dynamic_k_matches`` over the
+three-cell candidates, the auxiliary maps over the five-cell ones (``neighbour_cell_matches(margin=1.0)``),
+both costed on the lead head's predictions.
 One deliberate difference: target boxes are scaled to pixels by the image's width and height, where
 YOLOv7 multiplies x and w by the height too (identical for square training images, wrong for rectangular).
 """
@@ -36,9 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert
 
-from utils.loss import ComputeLoss, bbox_ciou, bce_with_logits
+from utils.loss import ComputeLoss, Matches, scatter_last
+from utils.ops import decode_boxes
 
-TOPK_IOU = 10  # a target's k is the sum of its best 10 IoUs, so never more than 10
+TOPK_IOU = 10  # a target's k is the sum of its best 10 IoUs, so never more than 10 (YOLOv7's aux-head loss: 20)
 IOU_COST = 3.0  # weight of -log(IoU) against the class BCE in the cost
 LOG_EPS = 1e-8
 
@@ -71,8 +80,8 @@ def group_slots(group: Tensor, n_groups: int) -> tuple[Tensor, Tensor, int]:
     return pos, counts, int(counts.max()) if n_groups else 0
 
 
-def first_k_cheapest(cost: Tensor, k: Tensor, n_valid: Tensor) -> Tensor:
-    """Boolean ``(B, G, C)``: in each row the ``k[b, g]`` (at most ``TOPK_IOU``) cheapest of the first
+def first_k_cheapest(cost: Tensor, k: Tensor, n_valid: Tensor, topk: int = TOPK_IOU) -> Tensor:
+    """Boolean ``(B, G, C)``: in each row the ``k[b, g]`` (at most ``topk``) cheapest of the first
     ``n_valid[b]`` columns, the set YOLOv7's per-target ``torch.topk(cost_row, k, largest=False)`` takes.
 
     One batched ``topk`` decides every row whose k-th and (k+1)-th cheapest differ. Where they are equal (the
@@ -80,7 +89,7 @@ def first_k_cheapest(cost: Tensor, k: Tensor, n_valid: Tensor) -> Tensor:
     ``topk`` keeps depends on its algorithm and device; those rows are redone with YOLOv7's exact call.
     """
     bs, g, c = cost.shape
-    kmax = min(TOPK_IOU, c)
+    kmax = min(topk, c)
     val, idx = F.pad(cost, (0, 1), value=float("inf")).topk(kmax + 1, dim=-1, largest=False)
     take = torch.arange(kmax + 1, device=cost.device) < k[..., None]
     chosen = torch.zeros(bs, g, c + 1, dtype=torch.bool, device=cost.device).scatter_(-1, idx, take)[..., :c]
@@ -96,12 +105,11 @@ def first_k_cheapest(cost: Tensor, k: Tensor, n_valid: Tensor) -> Tensor:
 
 
 class ComputeLossOTA(ComputeLoss):
-    """YOLOv7's ``ComputeLossOTA``: ``loss(predictions, targets, images) -> (loss, items)``.
+    """YOLOv7's ``ComputeLossOTA``: ``loss(predictions, targets, images) -> (loss, [box, obj, cls])``, the
+    images for their size. ``hyp`` as for ``ComputeLoss`` (``model.hyp`` when not given, as in YOLOv7)."""
 
-    ``hyp`` as for ``ComputeLoss`` (``model.hyp`` when not given, as in YOLOv7). The result is YOLOv7's:
-    ``loss`` of shape ``(1,)`` = (box + obj + cls) * batch size, and ``items`` = ``[box, obj, cls, total]``
-    detached (the fourth is the unscaled total).
-    """
+    topk_iou = TOPK_IOU
+    scatter_objectness = staticmethod(scatter_last)  # YOLOv7's index assignment: the later match wins
 
     def __init__(self, model, hyp: dict | None = None, autobalance: bool = False):
         model = getattr(model, "module", model)
@@ -112,67 +120,24 @@ class ComputeLossOTA(ComputeLoss):
         super().__init__(model, hyp, autobalance)
         self.gr = float(getattr(model, "gr", self.gr))  # YOLOv7 reads the objectness IoU ratio off the model
 
-    def __call__(self, preds: list[Tensor], targets: Tensor, imgs: Tensor) -> tuple[Tensor, Tensor]:
-        """``preds``: per-level ``(bs, na, ny, nx, nc + 5)`` raw maps; ``targets``: ``(n, 6)`` rows of
-        ``[image, class, x, y, w, h]`` (xywh normalised); ``imgs``: the batch (only its size is read)."""
-        device = preds[0].device
-        preds = [p.float() for p in preds]  # AMP: assign and compute every loss in float32
-        targets = targets.to(device=device, dtype=torch.float32)
-        zero = torch.zeros((), device=device)
-        lbox, lobj, lcls = zero, zero, zero
-        for i, (pi, (b, a, gj, gi, tgt, anch)) in enumerate(zip(preds, self.assign(preds, targets, imgs))):
-            tobj = torch.zeros(pi.shape[:4], device=device)
-            n = b.shape[0]
-            if n:
-                ps = pi[b, a, gj, gi]
-                pxy = ps[:, :2].sigmoid() * 2 - 0.5
-                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch
-                ny, nx = pi.shape[2:4]
-                tbox = tgt[:, 2:6] * tgt.new_tensor([nx, ny, nx, ny])
-                tbox[:, :2] -= torch.stack((gi, gj), 1)
-                iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox)
-                lbox = lbox + (1.0 - iou).mean()
-                score = (1.0 - self.gr) + self.gr * iou.detach().clamp(0)
-                tobj = self._scatter_last(tobj, (b, a, gj, gi), score)
-                if self.nc > 1:
-                    t = torch.full_like(ps[:, 5:], self.cn)
-                    t[torch.arange(n, device=device), tgt[:, 1].long()] = self.cp
-                    lcls = lcls + bce_with_logits(ps[:, 5:], t, self.hyp["cls_pw"], self.fl_gamma)
-            obji = bce_with_logits(pi[..., 4], tobj, self.hyp["obj_pw"], self.fl_gamma)
-            lobj = lobj + obji * self.balance[i]
-            if self.autobalance:
-                self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
-        if self.autobalance:
-            self.balance = [x / self.balance[self.ssi] for x in self.balance]
-        lbox, lobj, lcls = lbox * self.hyp["box"], lobj * self.hyp["obj"], lcls * self.hyp["cls"]
-        loss = (lbox + lobj + lcls).view(1)
-        return loss * preds[0].shape[0], torch.cat((torch.stack((lbox, lobj, lcls)), loss)).detach()
+    def assign(self, preds: list[Tensor], targets: Tensor, imgs: Tensor | None) -> list[Matches]:
+        """OTA matches per level, in YOLOv7's order (image by image; within an image, candidate order)."""
+        if imgs is None:
+            raise ValueError(f"{type(self).__name__} needs the batch images (imgs): the OTA cost compares boxes in "
+                             "pixels of the images' size; call loss(preds, targets, imgs)")
+        targets = targets.to(device=preds[0].device, dtype=torch.float32)
+        return self.dynamic_k_matches(preds, targets, imgs, self.three_cell_matches(preds, targets))
 
-    @staticmethod
-    def _scatter_last(tobj: Tensor, index: tuple[Tensor, ...], score: Tensor) -> Tensor:
-        """``tobj[b, a, gj, gi] = score`` where, for a cell listed twice, the later entry wins (what YOLOv7's
-        index assignment does on the CPU), on every device."""
-        b, a, gj, gi = index
-        _, na, ny, nx = tobj.shape
-        flat = ((b * na + a) * ny + gj) * nx + gi
-        order = torch.arange(flat.shape[0], device=flat.device)
-        last = torch.full((tobj.numel(),), -1, device=flat.device, dtype=torch.long)
-        last = last.scatter_reduce(0, flat, order, reduce="amax")
-        keep = last[flat] == order
-        out = tobj.view(-1).clone()
-        out[flat[keep]] = score[keep]
-        return out.view_as(tobj)
-
-    @torch.no_grad()
-    def assign(self, preds: list[Tensor], targets: Tensor, imgs: Tensor) -> list[tuple[Tensor, ...]]:
-        """OTA matches per level: ``(image, anchor, gj, gi, target rows (m, 6), anchors (m, 2))``, in YOLOv7's
-        order (image by image; within an image, candidate order)."""
+    @torch.no_grad()  # YOLOv7 records a graph here it never uses
+    def dynamic_k_matches(self, preds: list[Tensor], targets: Tensor, imgs: Tensor,
+                          candidates: list[Matches]) -> list[Matches]:
+        """Among ``candidates`` (one ``Matches`` per level of ``preds``), each target's ``k`` cheapest, and a
+        candidate taken by several targets given to the cheapest; ``targets`` float32 on the predictions' device."""
         device, bs = preds[0].device, preds[0].shape[0]
-        targets = targets.to(device=device, dtype=torch.float32)
-        cand = self._candidates(preds, targets)
-        empty = torch.zeros(0, dtype=torch.long, device=device)
+        cand = self._candidates(preds, candidates)
         if cand is None or targets.shape[0] == 0:
-            return [(empty, empty, empty, empty, targets.new_zeros(0, 6), targets.new_zeros(0, 2))
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return [Matches(empty, empty, empty, empty, targets.new_zeros(0, 6), targets.new_zeros(0, 2))
                     for _ in preds]
         level, b, a, gj, gi, anch, pbox, pcls_logit = cand
         # targets grouped by image, keeping their order (YOLOv7's per-image slices)
@@ -188,11 +153,11 @@ class ComputeLossOTA(ComputeLoss):
         c_valid = torch.arange(c_max, device=device) < c_count[:, None]  # (bs, C)
         pair_valid = t_valid[:, :, None] & c_valid[:, None, :]
         iou = batched_box_iou(tbox_pad, pbox_pad).masked_fill(~pair_valid, 0.0)
-        k = iou.topk(min(TOPK_IOU, c_max), dim=-1).values.sum(-1).int().clamp(min=1)
+        k = iou.topk(min(self.topk_iou, c_max), dim=-1).values.sum(-1).int().clamp(min=1)
         k = k.masked_fill(~t_valid | (c_count == 0)[:, None], 0)
         cost = self._class_cost(pcls_logit, tgt[:, 1].long(), (b, c_pos), (t_img, t_pos), pair_valid)
         cost = (cost + IOU_COST * -torch.log(iou + LOG_EPS)).masked_fill(~pair_valid, float("inf"))
-        matching = first_k_cheapest(cost, k, c_count) & pair_valid
+        matching = first_k_cheapest(cost, k, c_count, self.topk_iou) & pair_valid
         # a candidate taken by several targets goes to the cheapest of all the image's targets
         multi = matching.sum(1) > 1  # (bs, C)
         best = cost.min(1).indices  # first minimum, as torch.min
@@ -205,29 +170,25 @@ class ComputeLossOTA(ComputeLoss):
         out = []
         for i in range(len(preds)):
             m = keep & (level == i)
-            out.append((b[m], a[m], gj[m], gi[m], matched[m], anch[m]))
+            out.append(Matches(b[m], a[m], gj[m], gi[m], matched[m], anch[m]))
         return out
 
-    def _candidates(self, preds: list[Tensor], targets: Tensor):
-        """YOLOv7's find_3_positive candidates of all levels, stably sorted by image (YOLOv7's per-image
-        order: level by level, candidate order within a level), with their decoded boxes in pixels and
-        their class logits for the cost. None when there are none."""
-        _, _, indices, anch = self.build_targets(preds, targets)
+    def _candidates(self, preds: list[Tensor], candidates: list[Matches]):
+        """All levels' candidates, stably sorted by image (YOLOv7's per-image order: level by level, candidate
+        order within a level), with their decoded boxes in pixels and their class logits for the cost. None
+        when there are none."""
         stride = self.detect.stride
         rows = []
-        for i, ((b, a, gj, gi), an) in enumerate(zip(indices, anch)):
-            ps = preds[i][b, a, gj, gi]
-            grid = torch.stack((gi, gj), 1)
-            pxy = (ps[:, :2].sigmoid() * 2.0 - 0.5 + grid) * stride[i]
-            pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * an * stride[i]
+        for i, m in enumerate(candidates):
+            ps = preds[i][m.b, m.a, m.gj, m.gi]
+            pxy, pwh = decode_boxes(ps[:, :2].sigmoid(), ps[:, 2:4].sigmoid(), m.anchors,
+                                    torch.stack((m.gi, m.gj), 1), stride[i])
             pbox = box_convert(torch.cat((pxy, pwh), 1), "cxcywh", "xyxy")
             # YOLOv7's class score: sqrt(sigmoid(cls) * sigmoid(obj)), as a logit for BCE
             y = (ps[:, 5:].sigmoid() * ps[:, 4:5].sigmoid()).sqrt()
             logit = torch.log(y / (1 - y))
-            level = torch.full_like(b, i)
-            rows.append((level, b, a, gj, gi, an, pbox, logit))
-        level = torch.cat([r[0] for r in rows])
-        if level.shape[0] == 0:
+            rows.append((torch.full_like(m.b, i), m.b, m.a, m.gj, m.gi, m.anchors, pbox, logit))
+        if sum(r[0].shape[0] for r in rows) == 0:
             return None
         order = torch.sort(torch.cat([r[1] for r in rows]), stable=True).indices
         return tuple(torch.cat([r[j] for r in rows])[order] for j in range(8))

@@ -12,7 +12,7 @@ so callers may pass a view (``pred[:, :4]``) and rely on it being updated, as YO
 The format converters always return a new array.
 
 Public API: ``xyxy2xywh``, ``xywh2xyxy``, ``xywhn2xyxy``, ``xyxy2xywhn``, ``clip_boxes``,
-``scale_boxes``, ``box_iou``, ``non_max_suppression``.
+``scale_boxes``, ``box_iou``, ``decode_boxes`` (the anchor-based heads' box decode), ``non_max_suppression``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from torchvision.ops import box_iou  # re-exported: (N, 4) x (M, 4) xyxy -> (N, 
 from utils.general import LOGGER
 
 __all__ = [
-    "box_iou", "clip_boxes", "label_lines", "non_max_suppression", "realtime_nms_budget", "scale_boxes",
+    "box_iou", "clip_boxes", "decode_boxes", "label_lines", "non_max_suppression", "realtime_nms_budget", "scale_boxes",
     "xywh2xyxy", "xywhn2xyxy", "xyxy2xywh", "xyxy2xywhn",
 ]
 
@@ -119,6 +119,26 @@ def scale_boxes(img1_shape: Sequence[int], boxes, img0_shape: Sequence[int], rat
     boxes[..., [0, 2]] /= gain_w
     boxes[..., [1, 3]] /= gain_h
     return clip_boxes(boxes, img0_shape)
+
+
+def decode_boxes(xy: torch.Tensor, wh: torch.Tensor, anchors: torch.Tensor, grid: torch.Tensor | None = None,
+                 stride: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box centres and sizes from the sigmoid outputs of an anchor-based head (YOLOv5/YOLOv7), the one decode
+    shared by ``Detect`` and the losses.
+
+    The centre is ``2 * xy - 0.5`` cells from the cell's corner (so it may sit up to half a cell outside its
+    cell), the size ``(2 * wh) ** 2`` anchors (0 to 4 times the anchor). Without ``grid`` and ``stride`` both
+    are in grid units with xy relative to the cell, as the losses compare them; ``grid`` (the cells' x, y) makes
+    xy absolute and ``stride`` turns both into pixels (``anchors`` in grid units). The order of operations is
+    YOLOv7's, so decoded candidates equal YOLOv7's bit for bit.
+    """
+    xy = xy * 2 - 0.5
+    if grid is not None:
+        xy = xy + grid
+    wh = (wh * 2) ** 2 * anchors
+    if stride is not None:  # strides are powers of two: scaling after the anchor product rounds the same
+        xy, wh = xy * stride, wh * stride
+    return xy, wh
 
 
 def _check_nms_args(conf_thres: float, iou_thres: float, max_det: int, max_nms: int) -> None:

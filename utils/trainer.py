@@ -105,7 +105,8 @@ class Trainer:
         self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
         self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)  # validation, and training by default
         # YOLOv7's switch: train with the OTA assignment; validation losses stay ComputeLoss's (as YOLOv7's test.py)
-        self.loss_ota = ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if self.hyp.get("loss_ota") else None
+        self.train_loss = (ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if self.hyp.get("loss_ota")
+                           else self.compute_loss)
         self.stopper = EarlyStopping(patience=opt.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
@@ -287,11 +288,7 @@ class Trainer:
     def forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and loss for one batch, under autocast when AMP is on: (loss, loss items)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            pred = self.model(imgs)
-            if self.loss_ota is not None:
-                loss, items = self.loss_ota(pred, targets.to(self.device), imgs)
-                return loss, items[:3]  # YOLOv7's 4th item is the total, which the results have no column for
-            return self.compute_loss(pred, targets.to(self.device))
+            return self.train_loss(self.model(imgs), targets.to(self.device), imgs)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.rank != -1:
