@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Union
 
-from utils.general import ANY, LOGGER, ROOT, Rule, check_against, increment_path, load_yaml
+from utils.general import ANY, LOGGER, OPTION_RULES, ROOT, Rule, check_against, increment_path, load_yaml
 
 DEFAULT_CFG = "yolov5s_RepVGG.yaml"
 DEFAULT_DATA = str(ROOT / "data/shapes.yaml")
@@ -79,18 +79,18 @@ def _one_of(choices: tuple) -> Rule:
 
 _BOOL = Rule(bool, ANY, "True or False")
 _STR = Rule(str, ANY, "a string")
-RULES = {
+RULES = {  # the flags val.py and detect.py share keep their rules from utils.general
     **{f.name: _BOOL for f in fields(TrainConfig) if f.type == "bool"},
     **{f.name: _STR for f in fields(TrainConfig) if f.type == "str"},
     "data": Rule(None, lambda v: isinstance(v, (str, dict)), "a dataset YAML path or dict"),
     "hyp": Rule(str, ANY, "a hyperparameter YAML path", optional=True),
     "epochs": Rule(int, lambda v: v >= 1, ">= 1", optional=True),
-    "batch_size": Rule(int, lambda v: v >= 1, ">= 1"),
+    "batch_size": OPTION_RULES["batch_size"],
     "imgsz": Rule(int, lambda v: v >= 32, ">= 32", optional=True),
     "resume": Rule(None, lambda v: isinstance(v, (bool, str)), "True, False or a last.pt path"),
     "cache": _one_of(CACHES),
     "optimizer": _one_of(OPTIMIZERS),
-    "workers": Rule(int, lambda v: v >= 0, ">= 0"),
+    "workers": OPTION_RULES["workers"],
     "label_smoothing": Rule(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "patience": Rule(int, ANY, "an integer"),
     "freeze": Rule(tuple, lambda v: len(v) >= 1 and all(isinstance(i, int) and i >= 0 for i in v),
