@@ -49,7 +49,7 @@ from utils.backends import load_backend
 from utils.checkpoint import load_model
 from utils.dataset_config import load_names  # one parser for names, shared with check_dataset
 from utils.exporters import EXPORTERS, INT8_EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
-from utils.general import LOGGER, ROOT, check_imgsz, setup_logging
+from utils.general import LOGGER, ROOT, check_imgsz, check_options, setup_logging
 from utils.ops import non_max_suppression
 from utils.signals import signal_name
 from utils.torch_utils import select_device
@@ -294,8 +294,7 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
     unknown = sorted(set(include) - set(FORMATS))
     if unknown or not include:
         raise ValueError(f"--include {unknown or include}: choose from {', '.join(FORMATS)}")
-    if batch_size < 1 or max_det < 1 or opset < 7:
-        raise ValueError(f"need batch_size >= 1, max_det >= 1 and opset >= 7, got {batch_size}, {max_det}, {opset}")
+    check_options(batch_size=batch_size, max_det=max_det, opset=opset, conf_thres=conf_thres, iou_thres=iou_thres)
     int8_formats = [f for f in include if f in INT8_EXPORTERS]
     if int8 and not int8_formats:
         raise ValueError(f"--int8 applies to {', '.join(INT8_EXPORTERS)}: include one of them")

@@ -74,6 +74,16 @@ def test_library_code_imports_no_script():
     assert not {m: d for m, d in bad.items() if d}
 
 
+def test_no_library_module_imports_train_py():
+    """train.py is a script over utils.training: nothing in models/ or utils/ reaches back up into it (evolve
+    included, which once called train.py through a lambda), and the training library never sees argparse."""
+    graph = import_graph()
+    assert not [m for m, deps in graph.items() if m.split(".")[0] in PACKAGES and "train" in deps]
+    assert "utils.trainer" in graph["utils.evolve"] and "utils.training" in graph["train"]
+    for name in ("utils.train_config", "utils.training", "utils.trainer", "utils.evolve"):
+        assert not imports_of(project_modules()[name], {"argparse"}), name
+
+
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
 

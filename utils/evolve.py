@@ -12,9 +12,9 @@ continued evolution draws what an uninterrupted one would have.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import yaml
 
 from utils.general import LOGGER
 from utils.metrics import fitness
+from utils.train_config import TrainConfig
 
 # YOLOv5 v7.0's (mutation gain, lower limit, upper limit); a gain of 0 keeps the value fixed
 MUTATION_BOUNDS = {
@@ -128,13 +129,17 @@ def plot_evolve(file: Path, keys: list[str]) -> Path | None:
     return out
 
 
-def evolve(opt: argparse.Namespace, hyp: dict, train_once) -> dict:
-    """Run the generations still missing from ``opt.save_dir/evolve.csv`` (``opt.evolve`` in all).
+def evolve(config: TrainConfig, hyp: dict, data: dict, device, rank: int = -1) -> dict:
+    """Run the generations still missing from ``config.save_dir/evolve.csv`` (``config.evolve`` in all).
 
-    ``train_once(opt, hyp)`` trains one generation in ``opt.save_dir`` and returns YOLOv5's 7 results.
-    Returns the best hyperparameters so far.
+    Each generation is one ``utils.trainer.train_once`` in ``save_dir/generation`` that validates only at the
+    end, keeps only the final checkpoint and draws no plots. Returns the best hyperparameters so far.
     """
-    save_dir = Path(opt.save_dir)
+    from utils.trainer import train_once  # heavy imports only when training
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"evolve takes a TrainConfig (utils.train_config.make_config), not {type(config).__name__}")
+    save_dir = Path(config.save_dir)
     keys = [k for k in hyp if k in MUTATION_BOUNDS]
     unknown = sorted(set(hyp) - set(MUTATION_BOUNDS))
     if unknown:
@@ -142,16 +147,16 @@ def evolve(opt: argparse.Namespace, hyp: dict, train_once) -> dict:
     csv_file, yaml_file = save_dir / "evolve.csv", save_dir / "hyp_evolve.yaml"
     done = len(read_evolve_csv(csv_file, keys))
     if done:
-        LOGGER.info(f"evolve: {csv_file} has {done} of {opt.evolve} generations; continuing")
+        LOGGER.info(f"evolve: {csv_file} has {done} of {config.evolve} generations; continuing")
     generation_dir = save_dir / "generation"
-    for g in range(done, opt.evolve):
+    generation = replace(config, save_dir=str(generation_dir), noval=True, nosave=True, noplots=True)
+    for g in range(done, config.evolve):
         rows = read_evolve_csv(csv_file, keys)
-        child = mutate(rows, keys, hyp, np.random.default_rng([opt.seed, g]))
-        LOGGER.info(f"\nevolve: generation {g + 1}/{opt.evolve}: "
+        child = mutate(rows, keys, hyp, np.random.default_rng([config.seed, g]))
+        LOGGER.info(f"\nevolve: generation {g + 1}/{config.evolve}: "
                     + ", ".join(f"{k}={child[k]:g}" for k in keys))
         shutil.rmtree(generation_dir, ignore_errors=True)  # the previous generation's (or a killed one's) files
-        run_opt = argparse.Namespace(**{**vars(opt), "save_dir": str(generation_dir)})
-        results = train_once(run_opt, child)
+        results = train_once(generation, child, data, device, None, rank)
         append_row(csv_file, keys, results[:len(RESULT_COLUMNS)], child)
     rows = read_evolve_csv(csv_file, keys)
     best = write_best_yaml(yaml_file, rows, keys, hyp) if len(rows) else hyp

@@ -9,6 +9,7 @@ import logging
 import math
 import numbers
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 from utils.textfiles import decode_text
 
@@ -78,31 +79,72 @@ def increment_path(path: str | Path, exist_ok: bool = False, sep: str = "", mkdi
             continue
 
 
-# what each inference/validation option accepts: (test, wording); one table for the CLIs and run() alike
+class Rule(NamedTuple):
+    """What one option accepts: its type (checked first), a test of its value and the test in words."""
+    kind: type | None  # int, float, bool, str, tuple; None: the test alone decides
+    test: Callable[[Any], bool]
+    wording: str
+    optional: bool = False  # None is accepted too (a default decided later, e.g. from the data YAML)
+
+
+KIND_WORDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a list"}
+
+
+def _is_kind(value, kind) -> bool:
+    if kind is None:
+        return True
+    if kind in (int, float):  # numpy scalars count; True and False do not
+        return isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _sizes(v) -> list:
+    return [v] if isinstance(v, int) else list(v)
+
+
+ANY = lambda v: True  # noqa: E731 (the type check is the whole rule)
+
+# what each option accepts, one table for every script's CLI and run() alike (train adds its own in
+# utils/train_config.py through the same check)
 OPTION_RULES = {
-    "conf_thres": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "iou_thres": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "max_det": (lambda v: v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "imgsz": (lambda v: all(int(s) >= 32 for s in ([v] if isinstance(v, int) else v)) and 1 <= len([v] if isinstance(v, int) else v) <= 2,
-              "one or two sizes >= 32"),
-    "vid_stride": (lambda v: v >= 1, "an integer >= 1"),
-    "line_thickness": (lambda v: v >= 1, "an integer >= 1"),
-    "workers": (lambda v: v >= 0, "an integer >= 0"),
-    "classes": (lambda v: v is None or all(int(c) >= 0 for c in v), "class ids >= 0"),
+    "conf_thres": Rule(float, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "iou_thres": Rule(float, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "max_det": Rule(int, lambda v: v >= 1, ">= 1"),
+    "batch_size": Rule(int, lambda v: v >= 1, ">= 1"),
+    "imgsz": Rule(None, lambda v: all(int(s) >= 32 for s in _sizes(v)) and 1 <= len(_sizes(v)) <= 2,
+                  "one or two sizes >= 32"),
+    "vid_stride": Rule(int, lambda v: v >= 1, ">= 1"),
+    "line_thickness": Rule(int, lambda v: v >= 1, ">= 1"),
+    "workers": Rule(int, lambda v: v >= 0, ">= 0"),
+    "classes": Rule(None, lambda v: v is None or all(int(c) >= 0 for c in v), "class ids >= 0"),
+    "opset": Rule(int, lambda v: v >= 7, ">= 7"),
 }
+
+
+def option_error(name: str, wording: str, value) -> ValueError:
+    """The one wording of a rejected option: the flag, what it takes, and the run() keyword with its value."""
+    return ValueError(f"--{name.replace('_', '-')} must be {wording}, got {name}={excerpt(value, 60)}")
+
+
+def check_against(rules: dict[str, Rule], values: dict) -> None:
+    """Raise ``option_error`` for the first of ``values`` that its rule in ``rules`` rejects."""
+    for name, value in values.items():
+        rule = rules[name]
+        if value is None and rule.optional:
+            continue
+        if not _is_kind(value, rule.kind):
+            raise option_error(name, KIND_WORDS[rule.kind], value)
+        try:
+            ok = rule.test(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise option_error(name, rule.wording, value)
 
 
 def check_options(**values) -> None:
     """Raise ValueError naming the first option whose value its rule in OPTION_RULES rejects."""
-    for name, value in values.items():
-        test, wording = OPTION_RULES[name]
-        try:
-            ok = test(value)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"--{name.replace('_', '-')} ({name}=) must be {wording}, got {excerpt(value, 60)}")
+    check_against(OPTION_RULES, values)
 
 
 def check_imgsz(imgsz, stride: int) -> tuple[int, int]:
