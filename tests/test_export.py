@@ -24,6 +24,7 @@ from utils.backends import (BackendUnavailable, OnnxRuntimeBackend, TensorRTBack
                             write_engine_file)
 from utils.checkpoint import load_model, save_checkpoint
 from utils.ops import non_max_suppression
+from utils.verify import TOLERANCE, example_input
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = (192, 160)  # h, w: not square on purpose (bus.jpg is portrait)
@@ -50,7 +51,7 @@ def random_model(cfg: str, seed: int = 0) -> Model:
     inputs = []
     hooks = [conv.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for conv in detect.m]
     with torch.no_grad():
-        model(export.example_input(IMGSZ, 1, "cpu"))
+        model(example_input(IMGSZ, 1, "cpu"))
         for conv, x in zip(detect.m, inputs):  # the default bias prior keeps random scores near 2e-4
             conv.weight.normal_(0, 1.5 / (x.std().item() * conv.in_channels ** 0.5))
             conv.bias.zero_()
@@ -83,7 +84,7 @@ def exported(checkpoint) -> dict:
 
 @pytest.fixture(scope="module")
 def im() -> torch.Tensor:
-    return export.example_input(IMGSZ, BATCH, "cpu")
+    return example_input(IMGSZ, BATCH, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def private_copy(checkpoint: Path, tmp_path: Path) -> Path:
 def test_export_reproduces_folded_model(exported, reference, im, fmt):
     result = exported[fmt]
     assert result.ok, result.error
-    assert result.error_ratio <= export.TOLERANCE["fp32"]
+    assert result.error_ratio <= TOLERANCE["fp32"]
     backend = load_backend(result.file)
     assert (backend.stride, backend.names) == (32, NAMES)
     assert backend.imgsz == (None if fmt == "fused" else IMGSZ)
@@ -149,7 +150,7 @@ def test_onnx_dynamic_simplified_accepts_other_shapes(checkpoint, folded, tmp_pa
     backend = load_backend(result.file)
     assert backend.imgsz is None and backend.batch is None
     for b, hw in ((1, (96, 192)), (3, IMGSZ)):
-        x = export.example_input(hw, b, "cpu")
+        x = example_input(hw, b, "cpu")
         with torch.no_grad():
             assert rel_error(folded(x)[0], backend(x)) < FP32_RTOL
 
@@ -197,7 +198,7 @@ def test_openvino_half(repvgg_checkpoint):
     model = load_model(repvgg_checkpoint, fuse=True)
     fp32_mb = 4 * sum(p.numel() for p in model.parameters()) / 1e6
     assert result.size_mb < 0.6 * fp32_mb  # FP16 weights stored
-    x = export.example_input(IMGSZ, 1, "cpu")
+    x = example_input(IMGSZ, 1, "cpu")
     with torch.no_grad():
         assert rel_error(model(x)[0], load_backend(result.file)(x)) < FP16_RTOL
 
@@ -209,13 +210,13 @@ def test_half_onnx_and_torchscript_run_in_fp16(repvgg_checkpoint, tmp_path, fmt)
     weights = private_copy(repvgg_checkpoint, tmp_path)
     (result,) = export.run(weights=weights, include=[fmt], imgsz=IMGSZ, half=True)
     assert result.ok, result.error
-    assert result.error_ratio <= export.TOLERANCE["fp16"]
+    assert result.error_ratio <= TOLERANCE["fp16"]
     backend = load_backend(result.file)
     assert backend.fp16
     if fmt == "onnx":
         assert OnnxRuntimeBackend(result.file).session.get_inputs()[0].type == "tensor(float16)"
     model = load_model(repvgg_checkpoint, fuse=True)
-    x = export.example_input(IMGSZ, 1, "cpu")
+    x = example_input(IMGSZ, 1, "cpu")
     with torch.no_grad():
         ref = model(x)[0]
     out = backend(x)

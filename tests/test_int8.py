@@ -17,8 +17,9 @@ import export
 import val
 from utils.backends import load_backend
 from utils.checkpoint import load_model
-from utils.quantize import (KEPT_CONF_RATIO, MIN_MATCHED, MIN_MEAN_IOU, QuantizationError, compare_detections,
-                            head_prefix, load_int8_data, quantize_onnx, verify_int8)
+from utils.quantize import head_prefix, load_int8_data, quantize_onnx
+from utils.verify import (KEPT_CONF_RATIO, MIN_MATCHED, MIN_MEAN_IOU, VerificationError, compare_detections,
+                          verify_int8)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,7 +217,7 @@ def test_verification_fails_when_int8_loses_the_detections(int8_exports):
         with torch.no_grad():
             for conv in head.m:
                 conv.bias.view(head.na, -1)[:, outputs] += change
-        with pytest.raises(QuantizationError, match="loses too much"):
+        with pytest.raises(VerificationError, match="loses too much"):
             verify_int8(reference, load_backend(broken, fuse=False), int8_data.verification, 1, what)
     ok = verify_int8(reference, load_backend(results["onnx int8"].file), int8_data.verification, 1, "onnx int8")
     assert ok.share >= MIN_MATCHED

@@ -19,6 +19,7 @@ from conftest import ROOT
 from models.yolo import Model
 from utils.atomic import WRITE_DELAY_ENV, _host, sweep_stale
 from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.verify import TOLERANCE
 
 HOST = _host()  # the host part of our temporaries' names
 
@@ -158,7 +159,7 @@ def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, t
               for fmt, f in good.items()}
     torch.manual_seed(1)
     save_checkpoint(weights, Model("yolov5n.yaml", nc=3))  # other weights: a replaced file would show
-    monkeypatch.setitem(export.TOLERANCE, "fp32", -1.0)  # the real verification runs, and no file can pass it
+    monkeypatch.setitem(TOLERANCE, "fp32", -1.0)  # the real verification runs, and no file can pass it
     results = {r.format: r for r in export.run(weights=weights, include=["fused", "onnx", "openvino"], imgsz=64)}
     assert not any(r.ok for r in results.values())
     for fmt, f in good.items():

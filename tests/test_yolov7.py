@@ -17,6 +17,7 @@ from models.yolo import Detect, IDetect, Model
 from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv
 from utils.backends import load_backend
 from utils.checkpoint import load_model, save_checkpoint
+from utils.verify import TOLERANCE, example_input
 from yolov7_reference import REFERENCE_PATH, seeded_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,8 +233,8 @@ def test_folded_yolov7_tiny_exports_to_onnx_and_openvino(tmp_path):
     results = export.run(weights=path, include=["onnx", "openvino"], imgsz=imgsz)
     for result in results:
         assert result.ok, result.error
-        assert result.error_ratio <= export.TOLERANCE["fp32"]
-    x = export.example_input(imgsz, 1, "cpu")
+        assert result.error_ratio <= TOLERANCE["fp32"]
+    x = example_input(imgsz, 1, "cpu")
     with torch.no_grad():
         unfolded = load_model(path, fuse=False)(x)[0]  # the training layout, implicit layers and all
     assert rel_error(unfolded, load_backend(results[0].file)(x)) < 1e-4

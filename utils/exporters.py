@@ -1,4 +1,4 @@
-"""One function per export format; ``export.py`` is the command line around them.
+"""One function per export format; ``utils.export_pipeline`` runs each and has ``utils.verify`` check it.
 
 Every exporter takes an ``ExportContext`` (the folded model, an example input and the options) and
 returns the path it wrote. Each writes stride, class names and image size into its file's metadata
@@ -24,6 +24,7 @@ from utils.backends import import_tensorrt, write_engine_file
 from utils.checkpoint import save_checkpoint
 from utils.general import LOGGER
 from utils.ops import xywh2xyxy
+from utils.quantize import Int8Data, head_prefix, quantize_onnx, quantize_openvino
 
 NMS_FORMATS = ("onnx", "openvino", "engine")  # formats whose graph can carry NonMaxSuppression
 
@@ -46,9 +47,9 @@ class ExportContext:
     iou_thres: float = 0.45
     max_det: int = 300
     verbose: bool = False
-    int8_data: object = None  # utils.quantize.Int8Data with --int8: calibration and verification images
+    int8_data: Int8Data | None = None  # with --int8: calibration and verification images
     exported: dict = field(default_factory=dict)  # format -> file written in this run (engine reuses the ONNX)
-    out_dir: Path | None = None  # where exporters write; export.py points it at a staging folder until verified
+    out_dir: Path | None = None  # where exporters write; export_pipeline points it at a staging folder until verified
 
     @property
     def stride(self) -> int:
@@ -115,7 +116,7 @@ def export_fused(ctx: ExportContext) -> Path:
     """The folded model as a plain-data checkpoint (loads with ``torch.load(weights_only=True)``)."""
     if ctx.half:
         LOGGER.info("fused: --half does not apply (the checkpoint keeps fp32 weights; cast at load time)")
-    return save_checkpoint(ctx.file("-fused.pt"), ctx.model)  # export.py set model.names = ctx.names
+    return save_checkpoint(ctx.file("-fused.pt"), ctx.model)  # build_context set model.names = ctx.names
 
 
 def export_torchscript(ctx: ExportContext) -> Path:
@@ -127,7 +128,7 @@ def export_torchscript(ctx: ExportContext) -> Path:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # deprecated in torch >= 2.10 in favour of torch.export, but TorchScript is the format asked for
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=FutureWarning)
-        # check_trace off: verify_export compares the saved file's output with the model's anyway
+        # check_trace off: utils.verify.verify_export compares the saved file's output with the model's anyway
         ts = torch.jit.trace(model, im, strict=False, check_trace=False)
         with atomic_file(f) as tmp:
             ts.save(str(tmp), _extra_files={"config.txt": json.dumps(ctx.metadata())})
@@ -352,8 +353,6 @@ def export_engine(ctx: ExportContext) -> Path:
 
 def _quantized_onnx(ctx: ExportContext, out: Path, layout: str) -> None:
     """A QDQ INT8 ONNX of the folded model at ``out``, in ``utils.quantize.QDQ_LAYOUTS[layout]``."""
-    from utils.quantize import head_prefix, quantize_onnx
-
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(ctx, Path(tmp) / "fp32.onnx", nms=False, half=False)
         quantize_onnx(fp32, out, ctx.int8_data.calibration, int(ctx.im.shape[0]), head_prefix(ctx.model),
@@ -375,8 +374,6 @@ def export_onnx_int8(ctx: ExportContext) -> Path:
 
 def export_openvino_int8(ctx: ExportContext) -> Path:
     """``<stem>_int8_openvino_model/``: NNCF post-training quantization of the fp32 IR."""
-    from utils.quantize import head_prefix, quantize_openvino
-
     quantized = quantize_openvino(_openvino_model(ctx), ctx.int8_data.calibration, int(ctx.im.shape[0]),
                                   head_prefix(ctx.model))
     return _save_openvino(quantized, ctx.file("_int8_openvino_model"), ctx, ctx.metadata(half=False, int8=True),

@@ -1,4 +1,4 @@
-"""INT8 post-training quantization of folded models (``export.py --int8``), and its verification.
+"""INT8 post-training quantization of folded models (``export.py --int8``): the quantizers and their images.
 
 Calibration images come from the data YAML's train split (its val split if train is absent), evenly spaced
 over it and letterboxed exactly as export and inference do (``letterbox(..., auto=False)`` to the export
@@ -15,9 +15,8 @@ floating point, since one INT8 scale cannot hold pixel coordinates and probabili
 - TensorRT: built from a second QDQ ONNX in TensorRT's layout (signed INT8 activations with zero point 0 at
   the convolutions' inputs; explicit quantization), see ``utils.exporters``.
 
-Every INT8 file is verified against the fp32 folded model by the detections both make on real images
-(the data's val images, else its train images; each counted once): the share of fp32 detections the INT8
-model also makes (same class, IoU >= 0.5) and their mean IoU must reach ``MIN_MATCHED`` and ``MIN_MEAN_IOU``.
+Verification images (the data's val split, else its train split) are read here with the calibration images,
+before any export starts; ``utils.verify`` compares each INT8 file's detections with the fp32 model's on them.
 """
 from __future__ import annotations
 
@@ -27,13 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from utils.augmentations import letterbox
 from utils.dataloaders import list_image_files
 from utils.dataset_config import check_dataset
 from utils.general import LOGGER
-from utils.ops import non_max_suppression
 from utils.sources import read_image
 
 # ONNX Runtime calibration methods compared in benchmarks/bench_int8.py (name: (method, its options))
@@ -64,19 +61,13 @@ QDQ_LAYOUTS = {
 # NNCF's fix for the same saturation in OpenVINO's u8 x s8 kernels: 7-bit weights in every convolution
 # ("enable"), not only in the first one (NNCF's default, "first_layer_only")
 OPENVINO_OVERFLOW_FIX = "enable"
-MIN_MATCHED, MIN_MEAN_IOU = 0.80, 0.80  # verification levels: share of fp32 detections kept, their mean IoU
-VERIFY_CONF, VERIFY_IOU, MATCH_IOU = 0.25, 0.45, 0.5
-# A fp32 detection at VERIFY_CONF or above counts as kept when INT8 makes it at VERIFY_CONF * KEPT_CONF_RATIO or
-# above: a box at 0.26 in fp32 and 0.24 in INT8 flipped across the threshold, it was not lost (a weakly trained
-# model has many such boxes). Extra INT8 detections are counted at VERIFY_CONF.
-KEPT_CONF_RATIO = 0.5
-VERIFY_IMAGES = 64
+VERIFY_IMAGES = 64  # images utils.verify compares INT8 and fp32 detections on
 MIN_INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their axis attribute)
 QDQ_FORMATS = ("onnx", "engine")  # INT8 from a QDQ ONNX of the --opset graph (OpenVINO's NNCF quantizes the IR)
 
 
 class QuantizationError(RuntimeError):
-    """INT8 export cannot start or its result does not reproduce the fp32 model's detections."""
+    """INT8 export cannot start (arguments, images) or cannot quantize (utils.verify judges the result)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,10 +138,10 @@ def load_int8_data(data, n_calib: int, hw: tuple[int, int]) -> Int8Data:
 
 def batches(images: list[np.ndarray], batch: int) -> list[np.ndarray]:
     """float32 0-1 batches of ``batch`` images (the last one padded by repeating images)."""
-    return [x for x, _ in _batches_with_count(images, batch)]
+    return [x for x, _ in batches_with_count(images, batch)]
 
 
-def _batches_with_count(images: list[np.ndarray], batch: int) -> list[tuple[np.ndarray, int]]:
+def batches_with_count(images: list[np.ndarray], batch: int) -> list[tuple[np.ndarray, int]]:
     """(batch, how many of its images are real, not padding) for each batch of ``batches``."""
     out = []
     for i in range(0, len(images), batch):
@@ -215,72 +206,3 @@ def quantize_openvino(ov_model, images: list[np.ndarray], batch: int, head: str)
     fix = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(OPENVINO_OVERFLOW_FIX))
     return nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED,
                          ignored_scope=ignored, advanced_parameters=fix)
-
-
-# ---------------------------------------------------------------------------------------------
-# Verification
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class DetectionAgreement:
-    reference: int  # fp32 detections
-    matched: int  # of those, also found by the INT8 model (same class, IoU >= MATCH_IOU)
-    mean_iou: float  # over the matched ones
-    extra: int  # INT8 detections matching no fp32 one
-
-    @property
-    def share(self) -> float:
-        return self.matched / self.reference if self.reference else 0.0
-
-    def __str__(self) -> str:
-        return (f"{self.matched}/{self.reference} fp32 detections matched ({self.share:.1%}), mean IoU "
-                f"{self.mean_iou:.3f}, {self.extra} extra")
-
-
-def match(ref: torch.Tensor, out: torch.Tensor) -> tuple[int, list[float], torch.Tensor]:
-    """Greedy one-to-one matching of (n, 6) detections, highest fp32 confidence first: (matched, their IoUs,
-    mask of ``out`` rows left unmatched)."""
-    if not len(ref) or not len(out):
-        return 0, [], torch.ones(len(out), dtype=torch.bool)
-    iou = torchvision.ops.box_iou(ref[:, :4], out[:, :4])
-    iou[ref[:, 5:6] != out[:, 5].unsqueeze(0)] = 0
-    free = torch.ones(len(out), dtype=torch.bool)
-    ious = []
-    for i in ref[:, 4].argsort(descending=True).tolist():
-        row = torch.where(free, iou[i], torch.zeros_like(iou[i]))
-        j = int(row.argmax())
-        if row[j] >= MATCH_IOU:
-            free[j] = False
-            ious.append(float(row[j]))
-    return len(ious), ious, free
-
-
-def compare_detections(reference, candidate, images: list[np.ndarray], batch: int) -> DetectionAgreement:
-    """Detections of ``candidate`` (a backend) against ``reference`` (the fp32 folded model) on ``images``."""
-    device = next(reference.parameters()).device
-    n_ref = n_match = extra = 0
-    ious: list[float] = []
-    for x, n in _batches_with_count(images, batch):
-        im = torch.from_numpy(x).to(device)
-        with torch.no_grad():
-            ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU)  # eval output or export tensor
-        # NMS keeps the same boxes above VERIFY_CONF at the lower threshold (lower scores suppress nothing above)
-        out = non_max_suppression(candidate(im), VERIFY_CONF * KEPT_CONF_RATIO, VERIFY_IOU)
-        for r, o in zip(ref[:n], out[:n]):  # padding images repeat real ones: each image counts once
-            m, i, free = match(r.cpu(), o.cpu())
-            e = int((o[free, 4] >= VERIFY_CONF).sum()) if len(o) else 0
-            n_ref, n_match, extra = n_ref + len(r), n_match + m, extra + e
-            ious += i
-    return DetectionAgreement(n_ref, n_match, float(np.mean(ious)) if ious else 0.0, extra)
-
-
-def verify_int8(reference, candidate, images: list[np.ndarray], batch: int, what: str) -> DetectionAgreement:
-    agreement = compare_detections(reference, candidate, images, batch)
-    LOGGER.info(f"{what}: against the fp32 model on {len(images)} images: {agreement}")
-    if agreement.reference == 0:
-        raise QuantizationError(f"{what}: the fp32 model detects nothing (conf {VERIFY_CONF}) on the verification "
-                                "images, so the INT8 model cannot be checked; export a trained model")
-    if agreement.share < MIN_MATCHED or agreement.mean_iou < MIN_MEAN_IOU:
-        raise QuantizationError(f"{what} loses too much: {agreement} (needs >= {MIN_MATCHED:.0%} matched and mean "
-                                f"IoU >= {MIN_MEAN_IOU})")
-    return agreement
