@@ -192,3 +192,20 @@ def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, mo
         with atomic_file(tmp_path / "last.pt") as tmp:
             tmp.write_bytes(b"checkpoint")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_export_cannot_write_to_fails_each_format_not_the_run(nano_checkpoint, tmp_path, monkeypatch):
+    import errno
+
+    import utils.export_pipeline as pipeline
+
+    weights = weights_copy(nano_checkpoint, tmp_path)
+
+    def read_only(parent, name, kind="tmp"):  # what mkdtemp raises in a read-only folder (root ignores chmod)
+        raise PermissionError(errno.EACCES, "Permission denied", str(parent))
+
+    monkeypatch.setattr(pipeline, "temporary_dir", read_only)
+    results = export.run(weights=weights, include=["fused", "onnx"], imgsz=64)  # returned, never raised
+    assert [r.format for r in results] == ["fused", "onnx"] and not any(r.ok for r in results)
+    assert all("Permission denied" in r.error for r in results)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

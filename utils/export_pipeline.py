@@ -81,8 +81,8 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
     LOGGER.info(f"\n{name}: " + (f"quantizing with {len(ctx.int8_data.calibration)} calibration images..."
                                   if int8 else "exporting..."))
     t0, staged = time.time(), None
-    ctx.out_dir = temporary_dir(ctx.weights.parent, ctx.weights.stem, "staging")
-    try:
+    try:  # the staging folder too: a read-only weights folder is this format's error, not every format's
+        ctx.out_dir = temporary_dir(ctx.weights.parent, ctx.weights.stem, "staging")
         if ctx.nms and fmt not in NMS_FORMATS:
             raise ValueError(f"--nms is supported for {', '.join(NMS_FORMATS)} only, not {fmt} "
                              f"(export {fmt} without --nms and run utils.ops.non_max_suppression on its output)")
@@ -96,8 +96,11 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
         result.seconds = result.seconds or time.time() - t0
         result.error = f"{type(e).__name__}: {e}"
         if staged is not None and staged.exists():
-            result.file, kept = _keep_failed(staged, result.file)
-            result.error += kept
+            try:
+                result.file, kept = _keep_failed(staged, result.file)
+                result.error += kept
+            except OSError as keep_error:  # reported with the first error; the staging folder goes below
+                result.error += f"; the unverified export could not be kept either ({keep_error})"
         LOGGER.error(f"{name}: export failed: {result.error}")
         if ctx.verbose:
             LOGGER.exception(e)
@@ -106,7 +109,8 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
                                                f"error {result.error_ratio:.3g}")
         LOGGER.info(f"{name}: saved {result.file} ({result.size_mb:.1f} MB, {result.seconds:.1f}s), verified: {check}")
     finally:
-        remove_path(ctx.out_dir)  # whatever else the exporter wrote there; also on Ctrl-C and SIGTERM
+        if ctx.out_dir is not None:
+            remove_path(ctx.out_dir)  # whatever else the exporter wrote there; also on Ctrl-C and SIGTERM
         ctx.out_dir = None
     return result
 

@@ -6,8 +6,9 @@ size, RGB, 0-1). The convolutions are quantized; the detection head (its output 
 decoding after them: sigmoid, grid and anchor arithmetic, the concatenated boxes-and-scores output) stays in
 floating point, since one INT8 scale cannot hold pixel coordinates and probabilities together.
 
-- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8 weights (int16
-  saturation on CPUs without VNNI: a known limit, see ``QDQ_LAYOUTS``), unsigned 8-bit activations, every op ONNX Runtime
+- ONNX: ONNX Runtime static quantization, QDQ format, per-channel symmetric 7-bit weights (``QDQ_LAYOUTS``:
+  without VNNI, u8 x s8 pairs add in int16, which 8-bit weights can saturate; 7-bit cannot, so the file computes
+  the same on every x86 CPU), unsigned 8-bit activations, every op ONNX Runtime
   quantizes outside the head (so it fuses them into integer kernels), on the fp32 graph after
   ``quant_pre_process`` (shape inference and graph optimisation). The calibration method was chosen by
   measurement (benchmarks/README.md, "INT8"): ``CALIBRATION_METHOD``.
@@ -137,18 +138,13 @@ def load_int8_data(data, n_calib: int, hw: tuple[int, int]) -> Int8Data:
 
 
 def batches(images: list[np.ndarray], batch: int) -> list[np.ndarray]:
-    """float32 0-1 batches of ``batch`` images (the last one padded by repeating images)."""
-    return [x for x, _ in batches_with_count(images, batch)]
-
-
-def batches_with_count(images: list[np.ndarray], batch: int) -> list[tuple[np.ndarray, int]]:
-    """(batch, how many of its images are real, not padding) for each batch of ``batches``."""
+    """float32 0-1 batches of exactly ``batch`` images, as a fixed-batch graph's calibration reader needs them
+    (the last one padded by repeating images)."""
     out = []
     for i in range(0, len(images), batch):
         chunk = images[i:i + batch]
-        n = len(chunk)
-        chunk = chunk + [chunk[j % n] for j in range(batch - n)]
-        out.append((np.stack(chunk).astype(np.float32) / 255, n))
+        chunk = chunk + [chunk[j % len(chunk)] for j in range(batch - len(chunk))]
+        out.append(np.stack(chunk).astype(np.float32) / 255)
     return out
 
 

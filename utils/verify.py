@@ -29,7 +29,6 @@ from utils.backends import load_backend
 from utils.exporters import ExportContext
 from utils.general import LOGGER, ROOT
 from utils.ops import non_max_suppression
-from utils.quantize import batches_with_count
 
 TOLERANCE = {"fp32": 5e-4, "fp16": 1e-2}  # max error, boxes / image size and probabilities as they are
 TEST_IMAGE = ROOT / "data" / "images" / "bus.jpg"  # shipped with the repository: no outside folder needed
@@ -190,13 +189,13 @@ def compare_detections(reference, candidate, images: list[np.ndarray], batch: in
     device = next(reference.parameters()).device
     n_ref = n_match = extra = 0
     ious: list[float] = []
-    for x, n in batches_with_count(images, batch):
-        im = torch.from_numpy(x).to(device)
+    for i in range(0, len(images), batch):  # the backend pads a short last batch for a fixed-batch file itself
+        im = torch.from_numpy(np.stack(images[i:i + batch]).astype(np.float32) / 255).to(device)
         with torch.no_grad():
             ref = non_max_suppression(reference(im), VERIFY_CONF, VERIFY_IOU)  # eval output or export tensor
         # NMS keeps the same boxes above VERIFY_CONF at the lower threshold (lower scores suppress nothing above)
         out = non_max_suppression(candidate(im), VERIFY_CONF * KEPT_CONF_RATIO, VERIFY_IOU)
-        for r, o in zip(ref[:n], out[:n]):  # padding images repeat real ones: each image counts once
+        for r, o in zip(ref, out):
             r, o = r.cpu(), o.cpu()
             iou = torchvision.ops.box_iou(r[:, :4], o[:, :4])
             pairs, free = match(r, o, -iou, -MATCH_IOU)  # nearest = largest IoU
