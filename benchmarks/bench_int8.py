@@ -68,14 +68,20 @@ def train(cfg: str, runs_dir: Path, epochs: int | None) -> Path:
     return best
 
 
-def export_forms(weights: Path, imgsz: int, calib: int) -> tuple[dict, dict]:
-    """({form: file}, {form: detection agreement}) for fp32/INT8 ONNX and OpenVINO at ``imgsz``."""
+def export_forms(weights: Path, imgsz: int, calib: int, timing_only: bool = False) -> tuple[dict, dict]:
+    """({form: file}, {form: detection agreement}) for fp32/INT8 ONNX and OpenVINO at ``imgsz``.
+
+    ``timing_only``: an INT8 file that export's verification refused (kept as ``*.failed.*``) is still timed,
+    and the refusal reported: the 640 px latency copies run a model trained at 160 px on 4x upscaled images,
+    where a weak model's marginal detections may not survive INT8 (its speed is the same)."""
     import export
 
     results = export.run(weights=str(weights), include=("onnx", "openvino"), imgsz=(imgsz, imgsz), int8=True,
                          data=str(DATA), calib_images=calib)
     failed = [f"{r.format}: {r.error}" for r in results if not r.ok]
-    if failed:
+    if failed and timing_only and all(r.file is not None and r.file.exists() for r in results):
+        print(f"{weights}: timed although refused by verification: {'; '.join(failed)}", file=sys.stderr)
+    elif failed:
         raise RuntimeError(f"{weights} export failed: {'; '.join(failed)}")
     files = {r.format: r.file for r in results}
     agreement = {r.format: r.agreement for r in results if r.agreement is not None}
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
         lat_dir.mkdir(parents=True, exist_ok=True)
         lat_weights = lat_dir / "best.pt"
         lat_weights.write_bytes(best.read_bytes())
-        lfiles, _ = export_forms(lat_weights, 640, min(args.calib_images, 64))
+        lfiles, _ = export_forms(lat_weights, 640, min(args.calib_images, 64), timing_only=True)
         lat = {form: latency_ms(lfiles[form], args.latency_runs) for form in ("onnx", "onnx int8", "openvino", "openvino int8")}
         lat_rows.append((cfg, lat))
         print(f"{cfg}: latency {lat}", file=sys.stderr)
