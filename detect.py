@@ -6,7 +6,7 @@
     python detect.py --weights best.pt --source 0                       # webcam
     python detect.py --weights best.pt --source rtsp://host/stream      # network stream
 
-Any format ``utils.backends.load_backend`` reads works: our checkpoints (folded or not), TorchScript,
+Any format ``utils.deploy.backends.load_backend`` reads works: our checkpoints (folded or not), TorchScript,
 ONNX, OpenVINO, TensorRT. Results go to runs/detect/exp{N}: annotated images and videos, YOLO-format
 labels (``--save-txt``), crops (``--save-crop``). ``run(**kwargs)`` is importable and returns the
 detections of every image or frame.
@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 import torch
 
-from utils.detections import count_text, draw_detections, postprocess, save_one_box
-from utils.backends import load_backend
-from utils.dataset_config import load_names
+from utils.deploy.detections import count_text, draw_detections, postprocess, save_one_box
+from utils.deploy.backends import load_backend
+from utils.datasets.dataset_config import load_names
 from utils.general import LOGGER, ROOT, check_imgsz, check_options, increment_path, setup_logging, unique_name
 from utils.ops import label_lines, scale_boxes
 from utils.plots import class_name
-from utils.sources import LoadImages, display_available, expand_files, is_stream, load_source
+from utils.datasets.sources import LoadImages, display_available, expand_files, is_stream, load_source
 from utils.torch_utils import select_device, synced_time
 
 
@@ -273,7 +273,7 @@ def main(opt):
 if __name__ == "__main__":
     import sys
 
-    from utils.backends import BackendUnavailable
+    from utils.deploy.backends import BackendUnavailable
     from utils.checkpoint import CheckpointError
 
     try:

@@ -17,9 +17,9 @@ Formats (files land beside the weights):
 | engine      | <stem>.engine                 | TensorRT (CUDA and tensorrt required)      |
 
 Every format is exported from the folded model (``load_model(..., fuse=True)``), so no graph has
-training branches (``utils.export_pipeline``). Each file is then run through ``utils.backends.load_backend``
-on bus.jpg letterboxed to --imgsz and compared with the folded PyTorch model (``utils.verify``): the error,
-boxes relative to the image size and probabilities as they are, must stay below ``utils.verify.TOLERANCE``
+training branches (``utils.deploy.export_pipeline``). Each file is then run through ``utils.deploy.backends.load_backend``
+on bus.jpg letterboxed to --imgsz and compared with the folded PyTorch model (``utils.deploy.verify``): the error,
+boxes relative to the image size and probabilities as they are, must stay below ``utils.deploy.verify.TOLERANCE``
 (5e-4 for fp32, 1e-2 for fp16). With --nms the graph ends in ONNX NonMaxSuppression and the check is against
 ``utils.ops.non_max_suppression``. A summary table follows; the exit status is 1 if any requested
 format failed (the others are still exported). ``run(**kwargs)`` is importable and returns the results.
@@ -28,7 +28,7 @@ as ``<name>.failed<suffix>`` (``best.failed.onnx``) and the previous verified fi
 
 ``--int8`` also writes a calibrated INT8 model for each of onnx (``<stem>-int8.onnx``, ONNX Runtime QDQ),
 openvino (``<stem>_int8_openvino_model/``, NNCF) and engine (``<stem>-int8.engine``, TensorRT from the QDQ
-ONNX), calibrated on ``--calib-images`` images of ``--data`` (see ``utils.quantize``). INT8 cannot equal
+ONNX), calibrated on ``--calib-images`` images of ``--data`` (see ``utils.deploy.quantize``). INT8 cannot equal
 fp32 tensor by tensor, so it is verified by its detections on the data's val images: the share of the
 fp32 model's detections it reproduces and their mean IoU, printed, with a failure below the stated levels.
 """
@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import argparse
 
-from utils.dataset_config import load_names  # one parser for names, shared with check_dataset
-from utils.export_pipeline import ExportResult, export_checkpoint
-from utils.exporters import EXPORTERS, INT8_EXPORTERS
+from utils.datasets.dataset_config import load_names  # one parser for names, shared with check_dataset
+from utils.deploy.export_pipeline import ExportResult, export_checkpoint
+from utils.deploy.exporters import EXPORTERS, INT8_EXPORTERS
 from utils.general import LOGGER, check_options, setup_logging
 from utils.torch_utils import select_device
 
@@ -76,7 +76,7 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
     device = select_device(str(device))
     names = load_names(data) if data else None
     if int8:  # before the model loads
-        from utils.quantize import check_int8_args
+        from utils.deploy.quantize import check_int8_args
 
         check_int8_args(data, calib_images, opset, int8_formats)
     results = export_checkpoint(weights, include, imgsz, batch_size, device, names, int8=int8, data=data,

@@ -5,7 +5,7 @@
     results = model(["data/images/bus.jpg", pil_image, rgb_array])   # paths, URLs, PIL, numpy (RGB), lists
     results.print(); results.save(); results.pandas().xyxy[0]
 
-``custom(path)`` loads one of our checkpoints (folded or not) or any exported format ``utils.backends``
+``custom(path)`` loads one of our checkpoints (folded or not) or any exported format ``utils.deploy.backends``
 reads (TorchScript, ONNX, OpenVINO, TensorRT). The config constructors (``yolov5s()``, ...,
 ``yolov5s_RepVGG()``) build untrained models: nothing is downloaded, so ``pretrained=True`` is an error
 that says to pass a trained file to ``custom()``. With ``autoshape=True`` (the default) the model is
@@ -31,15 +31,15 @@ def custom(path="path/to/model.pt", autoshape: bool = True, device=None, _verbos
 
     A checkpoint loads as a ``models.yolo.Model``, folded for inference when ``autoshape`` (as YOLOv5
     fuses), unfolded as saved with ``autoshape=False`` (so it can be fine-tuned); other formats load
-    through ``utils.backends.load_backend``. ``autoshape=False`` returns the model or backend unwrapped.
+    through ``utils.deploy.backends.load_backend``. ``autoshape=False`` returns the model or backend unwrapped.
     """
-    from utils.detections import AutoShape
+    from utils.deploy.detections import AutoShape
     from utils.general import LOGGER, setup_logging
 
     if _verbose:
         setup_logging()
-    from utils.backends import load_backend
-    from utils.sources import is_url
+    from utils.deploy.backends import load_backend
+    from utils.datasets.sources import is_url
 
     if is_url(str(path)):  # Path() would fold 'https://' into 'https:/' and report a missing file
         raise ValueError(f"custom(path={str(path)!r}): models are never downloaded; download the file yourself "
@@ -54,7 +54,7 @@ def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int 
             device=None):
     """An untrained model of config ``cfg`` (models/<cfg>.yaml)."""
     from models.yolo import Model
-    from utils.detections import AutoShape
+    from utils.deploy.detections import AutoShape
 
     if pretrained:
         raise ValueError(f"{cfg}(pretrained=True): no pretrained weights are shipped or downloaded. Train one "

@@ -10,8 +10,8 @@
         --master_port 29500 train.py --data their_data.yaml --device 0,1,2,3,4,5,6,7 --batch-size 128
 
 ``run(**kwargs)`` takes the same options as the command line (checked by the same rules: both build a
-``utils.train_config.TrainConfig`` with ``make_config``) and returns the final metrics; the training itself is
-``utils.training.train(config)``.
+``utils.training.train_config.TrainConfig`` with ``make_config``) and returns the final metrics; the training itself is
+``utils.training.launch.train(config)``.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import sys
 
 from utils.checkpoint import CheckpointError
 from utils.general import LOGGER, TrainingDiverged, setup_logging
-from utils.train_config import CACHES, DEFAULT_CFG, OPTIMIZERS, TrainConfig, make_config
-from utils.training import train
+from utils.training.train_config import CACHES, DEFAULT_CFG, OPTIMIZERS, TrainConfig, make_config
+from utils.training.launch import train
 
 
 def parse_opt(argv=None) -> TrainConfig:

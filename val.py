@@ -5,7 +5,7 @@
 
 Prints YOLOv5's table (P, R, mAP50, mAP50-95; per class with --verbose), the speed line and, with
 --save-json, the pycocotools summary. ``run(**kwargs)`` is importable (and takes an in-memory
-``model`` with a ``dataloader``, as YOLOv5's does); the evaluation itself is ``utils.evaluator.validate``,
+``model`` with a ``dataloader``, as YOLOv5's does); the evaluation itself is ``utils.evaluation.evaluator.validate``,
 which training calls directly.
 """
 from __future__ import annotations
@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
-from utils.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json, require_pycocotools
-from utils.backends import load_backend
-from utils.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
+from utils.evaluation.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json, require_pycocotools
+from utils.deploy.backends import load_backend
+from utils.evaluation.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
 from utils.general import LOGGER, ROOT, check_options, increment_path, setup_logging
 from utils.torch_utils import de_parallel, select_device
 
 
 def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers):
     """Backend, dataloader and dataset dict for the command-line path (any checkpoint or exported format)."""
-    from utils.dataloaders import create_dataloader
-    from utils.dataset_config import check_dataset
+    from utils.datasets.dataloaders import create_dataloader
+    from utils.datasets.dataset_config import check_dataset
 
     backend = load_backend(weights, device, fp16=half, fuse=False)  # a .pt validates exactly as stored
     if backend.end2end:  # its NMS ran with the exporter's confidence threshold and box limit: mAP comes out lower
@@ -151,7 +151,7 @@ def main(opt):
 if __name__ == "__main__":
     import sys
 
-    from utils.backends import BackendUnavailable
+    from utils.deploy.backends import BackendUnavailable
     from utils.checkpoint import CheckpointError
 
     try:

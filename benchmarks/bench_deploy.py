@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 import export  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.backends import load_backend  # noqa: E402
+from utils.deploy.backends import load_backend  # noqa: E402
 from utils.checkpoint import load_model, save_checkpoint  # noqa: E402
 from utils.general import setup_logging  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))  # randomize_batchnorm_ is test-only: it lives in tests/helpers.py

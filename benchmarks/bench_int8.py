@@ -16,8 +16,8 @@ each with its default thread count on this machine. The CPU's INT8 instructions 
 AVX-VNNI, AMX) are read from /proc/cpuinfo: INT8 gains little without VNNI or AMX.
 
 ``--compare-calibration`` also quantizes each model's fp32 ONNX with each of ONNX Runtime's calibration
-methods in ``utils.quantize.CALIBRATIONS`` (same images, same layout otherwise) and validates each: how
-``utils.quantize.CALIBRATION_METHOD`` was chosen.
+methods in ``utils.deploy.quantize.CALIBRATIONS`` (same images, same layout otherwise) and validates each: how
+``utils.deploy.quantize.CALIBRATION_METHOD`` was chosen.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def compare_calibration(weights: Path, fp32_onnx: Path, imgsz: int, calib: int) 
     import onnx
 
     from utils.checkpoint import load_model
-    from utils.quantize import CALIBRATIONS, head_prefix, load_int8_data, quantize_onnx
+    from utils.deploy.quantize import CALIBRATIONS, head_prefix, load_int8_data, quantize_onnx
 
     data = load_int8_data(str(DATA), calib, (imgsz, imgsz))
     head = head_prefix(load_model(weights))
@@ -119,7 +119,7 @@ def compare_calibration(weights: Path, fp32_onnx: Path, imgsz: int, calib: int) 
 
 def latency_ms(file: Path, runs: int) -> float:
     """Median single-image latency at the file's input size (batch 1), backend only."""
-    from utils.backends import load_backend
+    from utils.deploy.backends import load_backend
 
     backend = load_backend(file)
     h, w = backend.imgsz or (640, 640)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         lines.append(f"| {cfg} | {lat['onnx']:.1f} | {lat['onnx int8']:.1f} | {lat['onnx'] / lat['onnx int8']:.2f}x | "
                      f"{lat['openvino']:.1f} | {lat['openvino int8']:.1f} | {lat['openvino'] / lat['openvino int8']:.2f}x |")
     if calib_rows:
-        from utils.quantize import CALIBRATIONS
+        from utils.deploy.quantize import CALIBRATIONS
 
         lines += ["", "Calibration method (INT8 ONNX mAP50-95, drop from fp32 ONNX in points)", "",
                   "| model | " + " | ".join(CALIBRATIONS) + " |", "| --- |" + " --- |" * len(CALIBRATIONS)]

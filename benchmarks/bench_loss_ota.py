@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from utils.loss import ComputeLoss  # noqa: E402
-from utils.loss_ota import ComputeLossOTA  # noqa: E402
+from utils.training.loss import ComputeLoss  # noqa: E402
+from utils.training.loss_ota import ComputeLossOTA  # noqa: E402
 
 from machine import cpu_name, emit  # noqa: E402  (benchmarks/machine.py: the script's folder is on sys.path)
 

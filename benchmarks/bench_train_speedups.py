@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = """
 import functools, json, sys
 sys.path.insert(0, {root!r})
-import train, utils.trainer, utils.backends, utils.torch_utils
+import train, utils.training.trainer, utils.deploy.backends, utils.torch_utils
 variant = {variant!r}
 if variant in ("no channels-last", "neither"):
-    utils.trainer.to_channels_last = lambda m: m
+    utils.training.trainer.to_channels_last = lambda m: m
     utils.torch_utils.to_channels_last = lambda m: m  # the backend imports it from here at call time
 if variant in ("no folded validation", "neither"):
-    utils.trainer.validate = functools.partial(utils.trainer.validate, fuse=False)
+    utils.training.trainer.validate = functools.partial(utils.training.trainer.validate, fuse=False)
 train.run(**json.loads({kwargs!r}))
 """
 VARIANTS = ("all", "no channels-last", "no folded validation", "neither")

@@ -50,7 +50,7 @@ def shapes_data(folder, name: str, n_train: int, n_val: int, imgsz: int, seed: i
     """A generated shapes set in ``folder/shapes`` and its data YAML ``folder/<name>.yaml`` (returned)."""
     import yaml
 
-    from utils.synthetic import generate_shapes
+    from utils.datasets.synthetic import generate_shapes
 
     root = folder / "shapes"
     generate_shapes(root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)

@@ -14,7 +14,9 @@ PACKAGES = ("models", "utils")
 def project_modules() -> dict[str, Path]:
     mods = {name: ROOT / f"{name}.py" for name in SCRIPTS}
     for pkg in PACKAGES:
-        mods.update({f"{pkg}.{f.stem}": f for f in (ROOT / pkg).glob("*.py") if f.stem != "__init__"})
+        for f in (ROOT / pkg).rglob("*.py"):  # utils/ holds role packages (datasets, training, evaluation, deploy)
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            mods[".".join(parts[:-1] if f.stem == "__init__" else parts)] = f
     return mods
 
 
@@ -75,14 +77,39 @@ def test_library_code_imports_no_script():
 
 
 def test_no_library_module_imports_train_py():
-    """train.py is a script over utils.training: nothing in models/ or utils/ reaches back up into it (evolve
+    """train.py is a script over utils.training.launch: nothing in models/ or utils/ reaches back up into it (evolve
     included, which once called train.py through a lambda), and the training library never sees argparse."""
     graph = import_graph()
     assert not [m for m, deps in graph.items() if m.split(".")[0] in PACKAGES and "train" in deps]
-    assert "utils.trainer" in graph["utils.evolve"] and "utils.training" in graph["train"]
-    for name in ("utils.train_config", "utils.training", "utils.trainer", "utils.evolve"):
+    assert "utils.training.trainer" in graph["utils.training.evolve"] and "utils.training.launch" in graph["train"]
+    for name in ("utils.training.train_config", "utils.training.launch", "utils.training.trainer", "utils.training.evolve"):
         assert not imports_of(project_modules()[name], {"argparse"}), name
 
+
+
+LAYERS = ("script", "utils.training", "utils.evaluation", "utils.deploy", "utils.datasets", "utils.checkpoint",
+          "models", "leaf")  # README "Architecture": imports point down this list
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "script" if module in SCRIPTS else module  # the packages' own __init__
+    if parts[0] == "models":
+        return "models"
+    if len(parts) == 3 or module == "utils.checkpoint":
+        return ".".join(parts[:2])
+    return "leaf"
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    upward = [f"{a} -> {b}" for a, deps in graph.items() for b in deps
+              if layer(a) in rank and layer(b) in rank and rank[layer(b)] < rank[layer(a)]]
+    assert upward == []
+    assert layer("utils.deploy.backends") == "utils.deploy" and layer("utils.ops") == "leaf"
+    assert layer("utils.training.trainer") in rank and layer("models.yolo") in rank
 
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
@@ -91,8 +118,8 @@ def test_no_import_cycles():
 def test_the_checks_see_what_they_should():
     """The walker finds function-level imports and the cycle finder finds a planted cycle."""
     graph = import_graph()
-    assert "utils.checkpoint" in graph["utils.backends"]  # imported inside a function only
-    assert "utils.evaluator" in graph["val"] and "utils.evaluator" in graph["utils.trainer"]
+    assert "utils.checkpoint" in graph["utils.deploy.backends"]  # imported inside a function only
+    assert "utils.evaluation.evaluator" in graph["val"] and "utils.evaluation.evaluator" in graph["utils.training.trainer"]
     planted = {k: set(v) for k, v in graph.items()}
     planted["utils.general"].add("utils.ops")  # ops imports general: now a cycle
     assert ["utils.general", "utils.ops"] in cycles(planted)

@@ -149,7 +149,7 @@ def test_hyp_table_matches_what_the_code_reads():
     """Every key the training code reads is in the table (required, or optional with its default), and every
     required key is read somewhere: the check and the readers cannot drift apart."""
     read = set()
-    for path in [ROOT / "train.py", *sorted((ROOT / "utils").glob("*.py"))]:
+    for path in [ROOT / "train.py", *sorted((ROOT / "utils").rglob("*.py"))]:
         read |= _hyp_keys_read(path)
     assert "cls_pw" in read and "degrees" in read  # the scan sees the loss and the augmentations
     assert read - set(REQUIRED) - set(DEFAULTS) == set()

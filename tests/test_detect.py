@@ -1,4 +1,4 @@
-"""detect.py, utils/sources.py and the hub API on the real bus.jpg and zidane.jpg, with a real checkpoint.
+"""detect.py, utils/datasets/sources.py and the hub API on the real bus.jpg and zidane.jpg, with a real checkpoint.
 
 The checkpoint: why not the ``coco128_run`` fixture? One epoch at 96 px leaves the model at its bias
 prior: its best score on bus.jpg is 1.7e-4, the same on zidane.jpg, so no threshold gives detections
@@ -23,9 +23,9 @@ import detect
 import hubconf
 from conftest import SHARED
 from utils.checkpoint import load_model, save_checkpoint
-from utils.detections import AutoShape
+from utils.deploy.detections import AutoShape
 from utils.general import ROOT, load_yaml
-from utils.sources import LoadImages, LoadStreams, SourceUnavailable, call_with_timeout
+from utils.datasets.sources import LoadImages, LoadStreams, SourceUnavailable, call_with_timeout
 
 SHARED_IMAGES = SHARED / "images"
 IMAGE_DIR = SHARED_IMAGES if (SHARED_IMAGES / "bus.jpg").is_file() else ROOT / "data" / "images"
@@ -44,7 +44,7 @@ def weights(tmp_path_factory) -> Path:
     """An unfolded yolov5s_RepVGG checkpoint with image-dependent detections (see the module docstring)."""
     from helpers import randomize_batchnorm_
     from models.yolo import Model
-    from utils.sources import prepare
+    from utils.datasets.sources import prepare
 
     torch.manual_seed(0)
     model = Model("yolov5s_RepVGG.yaml", nc=80)

@@ -20,11 +20,11 @@ from torch import nn
 import export
 from helpers import randomize_batchnorm_, rel_error
 from models.yolo import Model
-from utils.backends import (BackendUnavailable, OnnxRuntimeBackend, TensorRTBackend, load_backend, read_engine_file,
+from utils.deploy.backends import (BackendUnavailable, OnnxRuntimeBackend, TensorRTBackend, load_backend, read_engine_file,
                             write_engine_file)
 from utils.checkpoint import load_model, save_checkpoint
 from utils.ops import non_max_suppression
-from utils.verify import TOLERANCE, example_input
+from utils.deploy.verify import TOLERANCE, example_input
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = (192, 160)  # h, w: not square on purpose (bus.jpg is portrait)
@@ -250,7 +250,7 @@ def test_load_backend_rejects_unknown_suffix(tmp_path):
 
 
 def test_fixed_shape_backend_rejects_other_sizes(exported):
-    """Another size is refused (boxes could not be mapped back); another batch size runs (tests/test_fixed_shape.py)."""
+    """Another size is refused (boxes could not be mapped back); another batch size runs (tests/deploy/test_fixed_shape.py)."""
     backend = load_backend(exported["onnx"].file)
     assert isinstance(backend, OnnxRuntimeBackend)
     with pytest.raises(ValueError, match=f"exported for {IMGSZ[0]}x{IMGSZ[1]} images, got 320x320: letterbox"):
@@ -320,7 +320,7 @@ class _StandInTensorRT:
 
 
 def test_tensorrt_input_outside_the_profile_says_which_shapes_it_takes():
-    from utils.backends import _TensorRTBindings
+    from utils.deploy.backends import _TensorRTBindings
 
     trt = _StandInTensorRT
     engine = trt.Engine()

@@ -1,4 +1,4 @@
-"""The hub API (hubconf.py, utils/detections.py) on inputs a user really passes: 16-bit PIL images, images that
+"""The hub API (hubconf.py, utils/deploy/detections.py) on inputs a user really passes: 16-bit PIL images, images that
 share a file name, arrays holding NaN, tensors of any size, URLs and class counts. Each gets the right result or
 one clear sentence."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from PIL import Image
 import hubconf
 from conftest import SHARED
 from models.yolo import Model
-from utils.backends import load_backend
-from utils.detections import AutoShape
+from utils.deploy.backends import load_backend
+from utils.deploy.detections import AutoShape
 
 BUS = SHARED / "images" / "bus.jpg"
 

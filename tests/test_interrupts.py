@@ -19,7 +19,7 @@ from conftest import ROOT
 from models.yolo import Model
 from utils.atomic import WRITE_DELAY_ENV, _host, sweep_stale
 from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.verify import TOLERANCE
+from utils.deploy.verify import TOLERANCE
 
 HOST = _host()  # the host part of our temporaries' names
 
@@ -134,8 +134,8 @@ def test_stale_temporaries_of_dead_processes_are_swept_at_the_next_start(nano_ch
 
 
 def test_generated_dataset_and_label_cache_sweep_their_dead_temporaries(tmp_path):
-    from utils.label_cache import label_cache_paths, load_verified_labels
-    from utils.synthetic import generate_shapes
+    from utils.datasets.label_cache import label_cache_paths, load_verified_labels
+    from utils.datasets.synthetic import generate_shapes
 
     dead = dead_pid()
     stale_dir = tmp_path / f".shapes.{dead}@{HOST}.k3j_x9.tmp"  # a generator killed mid-write
@@ -197,7 +197,7 @@ def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, mo
 def test_a_folder_export_cannot_write_to_fails_each_format_not_the_run(nano_checkpoint, tmp_path, monkeypatch):
     import errno
 
-    import utils.export_pipeline as pipeline
+    import utils.deploy.export_pipeline as pipeline
 
     weights = weights_copy(nano_checkpoint, tmp_path)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import detect
-from utils.backends import load_backend
+from utils.deploy.backends import load_backend
 from utils.checkpoint import load_model
-from utils.dataloaders import create_dataloader
-from utils.dataset_config import check_dataset
-from utils.evaluator import validate
+from utils.datasets.dataloaders import create_dataloader
+from utils.datasets.dataset_config import check_dataset
+from utils.evaluation.evaluator import validate
 from utils.ops import box_iou
 
 MAP_TOL = 0.005  # mAP50-95, fp16 against fp32 (the GPU acceptance figure)
@@ -120,7 +120,7 @@ def test_cuda_nms_on_fp16_equals_fp32():
 @pytest.mark.parametrize("cfg", ["yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml"])
 def test_cuda_amp_check_and_half_forward(cfg):
     from models.yolo import Model
-    from utils.trainer import check_amp
+    from utils.training.trainer import check_amp
 
     model = Model(cfg).cuda()
     assert check_amp(model, torch.device("cuda"))
@@ -147,7 +147,7 @@ def test_ddp_processes_get_their_own_cuda_device():
 @pytest.mark.cuda
 def test_cuda_end2end_postprocess_with_class_filter():
     """Outputs of an export with NMS inside come back on the input's device; --classes must filter them there."""
-    from utils.detections import postprocess
+    from utils.deploy.detections import postprocess
 
     dev = torch.device("cuda")
     num = torch.tensor([[2]], device=dev)

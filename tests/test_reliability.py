@@ -24,13 +24,13 @@ import val
 from conftest import COCO128_YAML, ROOT
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from utils.dataset_config import check_dataset
-from utils.detections import AutoShape
-from utils.evaluator import Collector
+from utils.datasets.dataset_config import check_dataset
+from utils.deploy.detections import AutoShape
+from utils.evaluation.evaluator import Collector
 from utils.general import increment_path, load_yaml
-from utils.metrics import evaluate_detections
+from utils.evaluation.metrics import evaluate_detections
 from helpers import shapes_data
-from utils.synthetic import generate_shapes
+from utils.datasets.synthetic import generate_shapes
 
 COCO_IMAGES = COCO128_YAML.parent / "images" / "train2017"
 

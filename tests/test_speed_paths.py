@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from utils.checkpoint import load_model
-from utils.dataloaders import create_dataloader
-from utils.dataset_config import check_dataset
-from utils.evaluator import validate
+from utils.datasets.dataloaders import create_dataloader
+from utils.datasets.dataset_config import check_dataset
+from utils.evaluation.evaluator import validate
 from utils.general import load_yaml
-from utils.loss import ComputeLoss
+from utils.training.loss import ComputeLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -228,8 +228,8 @@ def test_finetune_from_our_checkpoint_keeps_its_anchors(tiny_data, tmp_path):
 def test_amp_training_step_in_bfloat16_on_cpu(tiny_data, tmp_path):
     """The AMP branch a CUDA run takes (autocast around forward and loss, the scaler, the optimizer step), run
     under torch.autocast('cpu', bfloat16), with GradScaler off as it is for bf16; losses match fp32."""
-    from utils.train_config import prepare
-    from utils.trainer import Trainer
+    from utils.training.train_config import prepare
+    from utils.training.trainer import Trainer
 
     config = train.parse_opt(cli(tiny_data, tmp_path, "--epochs", "1", "--noautoanchor", "--device", "cpu"))
     config, hyp, data, ckpt = prepare(config)

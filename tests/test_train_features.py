@@ -14,11 +14,11 @@ import yaml
 
 from conftest import COCO128_YAML
 from utils.checkpoint import read_checkpoint
-from utils.dataloaders import ImageWeightSampler, create_dataloader
-from utils.evolve import MUTATION_BOUNDS, RESULT_COLUMNS, mutate, read_evolve_csv
+from utils.datasets.dataloaders import ImageWeightSampler, create_dataloader
+from utils.training.evolve import MUTATION_BOUNDS, RESULT_COLUMNS, mutate, read_evolve_csv
 from utils.general import load_yaml
-from utils.metrics import class_weights, image_weights
-from utils.synthetic import generate_shapes
+from utils.evaluation.metrics import class_weights, image_weights
+from utils.datasets.synthetic import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

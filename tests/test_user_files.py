@@ -13,13 +13,13 @@ import yaml
 import export
 from conftest import ROOT
 from models.yolo import Model
-from utils.backends import write_engine_file
+from utils.deploy.backends import write_engine_file
 from utils.checkpoint import save_checkpoint
-from utils.dataloaders import list_image_files
-from utils.dataset_config import check_dataset
+from utils.datasets.dataloaders import list_image_files
+from utils.datasets.dataset_config import check_dataset
 from utils.general import load_yaml
-from utils.label_cache import parse_label_file
-from utils.sources import expand_files
+from utils.datasets.label_cache import parse_label_file
+from utils.datasets.sources import expand_files
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from helpers import assert_reference_outputs, randomize_batchnorm_, rel_error
 from models.layers import make_activation, parse_activation
 from models.yolo import Detect, IDetect, Model
 from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv
-from utils.backends import load_backend
+from utils.deploy.backends import load_backend
 from utils.checkpoint import load_model, save_checkpoint
-from utils.verify import TOLERANCE, example_input
+from utils.deploy.verify import TOLERANCE, example_input
 from yolov7_reference import REFERENCE_PATH, seeded_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]

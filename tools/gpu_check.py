@@ -225,7 +225,7 @@ def rehearsal_data(out: Path) -> str:
     import yaml
 
     sys.path.insert(0, str(ROOT))
-    from utils.synthetic import generate_shapes
+    from utils.datasets.synthetic import generate_shapes
 
     root = out / "data" / "shapes"
     generate_shapes(root, n_train=4, n_val=2, imgsz=64, seed=0)

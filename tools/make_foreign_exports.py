@@ -1,6 +1,6 @@
 """Regenerate tests/data/foreign/: files written by YOLOv5 v7.0's and YOLOv7's own export code.
 
-The suite checks that val/detect/hub read what a team moving here brings (tests/test_foreign_exports.py).
+The suite checks that val/detect/hub read what a team moving here brings (tests/deploy/test_foreign_exports.py).
 Every model file here is written by the other project's exporter, from a tiny model of its own code
 (random weights, random BatchNorm statistics, head rescaled so that about 10-40 boxes pass conf 0.25 on
 bus.jpg), so each file stays under 300 KB. ``references.json`` holds, for each model and input size,
@@ -171,7 +171,7 @@ def make_yolov5() -> None:
     import yolov5
     from yolov5 import export
     from yolov5.models.yolo import Model
-    from yolov5.utils.augmentations import letterbox
+    from yolov5.utils.datasets.augmentations import letterbox
     from yolov5.utils.general import non_max_suppression, yaml_save
 
     assert yolov5.__version__ == '7.0.14', yolov5.__version__

@@ -105,7 +105,7 @@ def _sizes(v) -> list:
 ANY = lambda v: True  # noqa: E731 (the type check is the whole rule)
 
 # what each option accepts, one table for every script's CLI and run() alike (train adds its own in
-# utils/train_config.py through the same check)
+# utils/training/train_config.py through the same check)
 OPTION_RULES = {
     "conf_thres": Rule(float, lambda v: 0 <= v <= 1, "in [0, 1]"),
     "iou_thres": Rule(float, lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -1,7 +1,7 @@
 """The hyperparameters training reads, in one table, and the check of a hyp file against it.
 
-``REQUIRED`` keys are read unconditionally (the optimizer and LR schedule in utils/trainer.py, the loss in
-utils/loss.py and utils/loss_ota.py), so a hyp file must set them; ``DEFAULTS`` are read with a default (the
+``REQUIRED`` keys are read unconditionally (the optimizer and LR schedule in utils/training/trainer.py, the loss in
+utils/training/loss.py and utils/training/loss_ota.py), so a hyp file must set them; ``DEFAULTS`` are read with a default (the
 augmentations, the nominal batch size, focal loss, anchors). The readers take their defaults from here and
 ``tests/test_config_checks.py`` scans the code for every key read, so the table and the code cannot drift.
 """

@@ -9,7 +9,7 @@ Design points:
   and return ``None`` when there is nothing to plot (missing/empty CSV, no labels) instead of raising.
 
 Public API: ``PALETTE``, ``colors``, ``Annotator``, ``plot_images``, ``plot_labels``, ``plot_results``; and
-``new_figure``/``save_figure``, the figure helpers ``utils.metric_plots`` uses too.
+``new_figure``/``save_figure``, the figure helpers ``utils.evaluation.metric_plots`` uses too.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def new_figure(rows: int, cols: int, figsize: tuple[float, float], margins: dict
 
     ``margins`` (``subplots_adjust`` arguments) fix the layout, which saves the extra draw that
     tight_layout costs (about half the time of a 10-panel figure); without them tight_layout is used.
-    Shared with ``utils.metric_plots`` so every figure in the project is made one way.
+    Shared with ``utils.evaluation.metric_plots`` so every figure in the project is made one way.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

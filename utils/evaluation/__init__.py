@@ -1,0 +1,1 @@
+"""Evaluation: the validation loop, COCO-exact metrics, pycocotools, metric plots."""
