@@ -48,7 +48,13 @@ def start(args: list[str], delay: float = 1.5) -> subprocess.Popen:
     """A script run as a user runs it, its atomic writes held ``delay`` s before the rename (a slow disk)."""
     env = {**os.environ, WRITE_DELAY_ENV: str(delay), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
+
+
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background (``cmd &`` in a script) inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
@@ -173,7 +179,7 @@ def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, t
         ["m.pt", "m.onnx", "m_openvino_model", "m.failed.onnx", "m_openvino_model.failed", "m-fused.failed.pt"])
 
 
-def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
+def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, request):
     """The narrowest window: SIGINT arriving the moment the temporary exists, before the write starts (a loaded
     machine can stop the process just there; the suite once caught it): the temporary is named before it is
     created, so the interrupt removes it."""
@@ -188,6 +194,8 @@ def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, mo
         return fd
 
     monkeypatch.setattr(os, "open", open_then_sigint)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # see default_sigint
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt):
         with atomic_file(tmp_path / "last.pt") as tmp:
             tmp.write_bytes(b"checkpoint")

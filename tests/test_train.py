@@ -134,8 +134,8 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(tiny_data, tmp_path):
     last = tmp_path / "exp" / "weights" / "last.pt"
     before = last.read_bytes()
     hyp = yaml.safe_load((ROOT / "data/hyps/hyp.scratch-low.yaml").read_text())
-    hyp["box"] = float("nan")  # a poisoned hyperparameter
-    poisoned = tmp_path / "hyp.nan.yaml"
+    hyp["box"] = 1e39  # a finite number (check_hyp refuses NaN) whose float32 product overflows: an inf loss
+    poisoned = tmp_path / "hyp.overflow.yaml"
     poisoned.write_text(yaml.safe_dump(hyp))
     with pytest.raises(TrainingDiverged, match=r"epoch 0, batch 0"):
         train.run(data=str(tiny_data), weights=str(last), cfg="yolov5s_RepVGG.yaml", hyp=str(poisoned), imgsz=64,

@@ -227,21 +227,16 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_int8_without_data_fails_before_any_export(int8_exports, tmp_path):
-    _, weights, _ = int8_exports
-    w = tmp_path / "w.pt"
-    shutil.copy(weights, w)
-    done = run_export("--weights", str(w), "--include", "onnx", "--int8")
-    assert done.returncode == 1 and "--int8 needs --data" in done.stderr and "Traceback" not in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
-
-
-def test_int8_onnx_with_opset_12_is_refused_before_any_export(int8_exports, tmp_path):
+@pytest.mark.parametrize("extra, message", [
+    ((), "--int8 needs --data"),
+    (("--data", "{data}", "--opset", "12"), "--opset 13 or later"),
+], ids=["without-data", "opset-12"])
+def test_int8_bad_options_are_refused_before_any_export(int8_exports, tmp_path, extra, message):
     _, weights, data = int8_exports
     w = tmp_path / "w.pt"
     shutil.copy(weights, w)
-    done = run_export("--weights", str(w), "--include", "onnx", "--int8", "--data", str(data), "--opset", "12")
-    assert done.returncode == 1 and "--opset 13 or later" in done.stderr and "Traceback" not in done.stderr
+    done = run_export("--weights", str(w), "--include", "onnx", "--int8", *(a.format(data=data) for a in extra))
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
 
 
