@@ -81,6 +81,11 @@ def export_forms(weights: Path, imgsz: int, calib: int, timing_only: bool = Fals
     failed = [f"{r.format}: {r.error}" for r in results if not r.ok]
     if failed and timing_only and all(r.file is not None and r.file.exists() for r in results):
         print(f"{weights}: timed although refused by verification: {'; '.join(failed)}", file=sys.stderr)
+        for r in results:  # back to the name load_backend reads (these copies exist only to be timed)
+            if not r.ok:
+                timed = r.file.with_name(r.file.name.replace(".failed", ""))
+                os.replace(r.file, timed)
+                r.file = timed
     elif failed:
         raise RuntimeError(f"{weights} export failed: {'; '.join(failed)}")
     files = {r.format: r.file for r in results}
