@@ -48,13 +48,32 @@ def start(args: list[str], delay: float = 1.5) -> subprocess.Popen:
     """A script run as a user runs it, its atomic writes held ``delay`` s before the rename (a slow disk)."""
     env = {**os.environ, WRITE_DELAY_ENV: str(delay), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def default_sigint() -> None:
-    """Ctrl-C as a terminal delivers it: a suite started in the background (``cmd &`` in a script) inherits
-    SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_a_terminal_delivers_it():
+    """A suite started in the background (``cmd &`` in a script) inherits SIGINT ignored: Python then installs no
+    KeyboardInterrupt handler, and its children inherit the ignore. With Python's handler here, this process
+    raises KeyboardInterrupt and a child starts with the default disposition (a handler does not survive exec;
+    no preexec_fn, which is unsafe with threads)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def held(folder: Path, pattern: str) -> bool:
+    """A temporary matching ``pattern`` is written and held before its rename (WRITE_DELAY_ENV): it exists and its
+    size stays the same over 0.3 s. The temporary exists from before the write starts (utils.atomic names it
+    first), so its existence alone would signal the process in the middle of torch.save or the ONNX exporter."""
+    sizes = []
+    for _ in range(4):
+        found = sorted(folder.rglob(pattern))
+        if not found:
+            return False
+        sizes.append(found[0].stat().st_size)
+        time.sleep(0.1)
+    return sizes[0] > 0 and len(set(sizes)) == 1
 
 
 def wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
@@ -87,7 +106,7 @@ def test_training_stopped_mid_save_keeps_last_and_says_how_to_resume(eight_image
                   "--batch-size", "8", "--workers", "0", "--noval", "--noplots", "--project", str(tmp_path),
                   "--name", "exp", "--exist-ok"])
     # last.pt of epoch 0 is in place and epoch 1's last.pt is being written: the signal lands mid-save
-    wait_for(proc, lambda: (wdir / "last.pt").is_file() and any(wdir.glob(".last.*.tmp.pt")))
+    wait_for(proc, lambda: (wdir / "last.pt").is_file() and held(wdir, ".last.*.tmp.pt"))
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + sig, out[-2000:]
@@ -105,7 +124,7 @@ def test_export_terminated_mid_write_keeps_the_previous_file(nano_checkpoint, tm
     (good,) = export.run(weights=weights, include=["onnx"], imgsz=64)
     before = good.file.read_bytes()
     proc = start(["export.py", "--weights", str(weights), "--include", "onnx", "--imgsz", "64"], delay=30)
-    wait_for(proc, lambda: any(tmp_path.rglob(".m.*.tmp.onnx")))  # the new graph is written, not yet renamed
+    wait_for(proc, lambda: held(tmp_path, ".m.*.tmp.onnx"))  # the new graph is written, not yet renamed
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 143 and "Traceback" not in out, out[-2000:]
@@ -179,7 +198,7 @@ def test_failed_verification_keeps_the_previous_verified_file(nano_checkpoint, t
         ["m.pt", "m.onnx", "m_openvino_model", "m.failed.onnx", "m_openvino_model.failed", "m-fused.failed.pt"])
 
 
-def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, request):
+def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch):
     """The narrowest window: SIGINT arriving the moment the temporary exists, before the write starts (a loaded
     machine can stop the process just there; the suite once caught it): the temporary is named before it is
     created, so the interrupt removes it."""
@@ -194,8 +213,6 @@ def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, mo
         return fd
 
     monkeypatch.setattr(os, "open", open_then_sigint)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # see default_sigint
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt):
         with atomic_file(tmp_path / "last.pt") as tmp:
             tmp.write_bytes(b"checkpoint")
