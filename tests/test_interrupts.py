@@ -234,3 +234,59 @@ def test_a_folder_export_cannot_write_to_fails_each_format_not_the_run(nano_chec
     assert [r.format for r in results] == ["fused", "onnx"] and not any(r.ok for r in results)
     assert all("Permission denied" in r.error for r in results)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_sigterm_inside_torch_save_stops_after_the_write_keeping_the_previous_file(tmp_path):
+    """A real SIGTERM sent while torch.save is writing a checkpoint (its temporary growing). Raised inside the zip
+    writer it broke it ("enforce fail at inline_container.cc": exit 1, not 143); held until the write ends, the
+    save stops as a signal between two writes does: the previous file kept, no temporary, ``Terminated``."""
+    import threading
+
+    from utils.checkpoint import atomic_torch_save
+    from utils.signals import Terminated, handle_termination
+
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"epoch": 0}, target)
+    big = {f"w{i}": torch.randn(64, 1024) for i in range(400)}  # 105 MB: a write of a good fraction of a second
+    sent = {}
+
+    def signal_while_writing():
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            growing = [p for p in tmp_path.glob(".last.*.tmp.pt") if p.stat().st_size > 0]
+            if growing:
+                sent["at_size"] = growing[0].stat().st_size
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.001)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    handle_termination()
+    try:
+        watcher = threading.Thread(target=signal_while_writing)
+        watcher.start()
+        with pytest.raises(Terminated):
+            atomic_torch_save(big, target)
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert 0 < sent["at_size"] < 100e6  # it landed in the middle of the write
+    assert torch.load(target)["epoch"] == 0
+    assert hidden(tmp_path) == []
+
+
+def test_sigterm_inside_the_onnx_exporter_exits_143_not_a_crash(nano_checkpoint, tmp_path):
+    """SIGTERM while torch.onnx.export traces (the temporary exists, still empty): raised inside the exporter it
+    crashed the process (exit -11); now export says it will stop after the write, then stops as usual."""
+    weights = weights_copy(nano_checkpoint, tmp_path)
+    (good,) = export.run(weights=weights, include=["onnx"], imgsz=64)
+    before = good.file.read_bytes()
+    proc = start(["export.py", "--weights", str(weights), "--include", "onnx", "--imgsz", "64"], delay=0)
+    wait_for(proc, lambda: any(p.stat().st_size == 0 for p in tmp_path.rglob(".m.*.tmp.onnx")))
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143 and "Traceback" not in out, out[-2000:]
+    assert "SIGTERM received: stopping once the ONNX file m.onnx is complete" in out, out[-2000:]
+    assert "Export stopped by SIGTERM" in out, out[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]
+    assert good.file.read_bytes() == before

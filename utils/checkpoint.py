@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from utils.atomic import atomic_file
+from utils.signals import deferred_signals
 
 FORMAT = "yolo-reparam-checkpoint"
 VERSION = 1
@@ -55,7 +56,7 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     file at ``path`` is untouched and no temporary file is left behind."""
     path = Path(path)
     try:
-        with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        with atomic_file(path) as tmp, open(tmp, "wb") as f, deferred_signals(path.name):
             torch.save(obj, f)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError (PytorchStreamWriter)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]

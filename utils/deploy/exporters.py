@@ -25,6 +25,7 @@ from utils.checkpoint import save_checkpoint
 from utils.general import LOGGER
 from utils.ops import xywh2xyxy
 from utils.deploy.quantize import Int8Data, head_prefix, quantize_onnx, quantize_openvino
+from utils.signals import deferred_signals
 
 NMS_FORMATS = ("onnx", "openvino", "engine")  # formats whose graph can carry NonMaxSuppression
 
@@ -130,7 +131,7 @@ def export_torchscript(ctx: ExportContext) -> Path:
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated.*", category=FutureWarning)
         # check_trace off: utils.deploy.verify.verify_export compares the saved file's output with the model's anyway
         ts = torch.jit.trace(model, im, strict=False, check_trace=False)
-        with atomic_file(f) as tmp:
+        with atomic_file(f) as tmp, deferred_signals(f"the TorchScript file ({f.name})"):
             ts.save(str(tmp), _extra_files={"config.txt": json.dumps(ctx.metadata())})
     return f
 
@@ -231,7 +232,8 @@ def export_onnx(ctx: ExportContext, f: Path | None = None, nms: bool | None = No
     else:
         outputs = ["output0"]
         dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}}
-    with atomic_file(f) as tmp:  # graph, then metadata: the final name only for the finished file
+    # graph, then metadata: the final name only for the finished file; a signal waits for the write to end
+    with atomic_file(f) as tmp, deferred_signals(f"the ONNX file {f.name}"):
         _write_onnx(ctx, model, im, tmp, outputs, dynamic_axes, half, nms)
     return f
 
@@ -277,7 +279,8 @@ def _save_openvino(ov_model, d: Path, ctx: ExportContext, meta: dict, compress_t
     import openvino as ov
 
     with atomic_dir(d) as tmp_dir:  # IR and metadata appear together, or not at all
-        ov.save_model(ov_model, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=compress_to_fp16)
+        with deferred_signals(f"the OpenVINO model ({d.name})"):
+            ov.save_model(ov_model, str(tmp_dir / f"{ctx.weights.stem}.xml"), compress_to_fp16=compress_to_fp16)
         with open(tmp_dir / "metadata.yaml", "w", encoding="utf-8") as fh:
             yaml.safe_dump(meta, fh, sort_keys=False, allow_unicode=True)
     return d
