@@ -16,8 +16,10 @@ each with its default thread count on this machine. The CPU's INT8 instructions 
 AVX-VNNI, AMX) are read from /proc/cpuinfo: INT8 gains little without VNNI or AMX.
 
 ``--compare-calibration`` also quantizes each model's fp32 ONNX with each of ONNX Runtime's calibration
-methods in ``utils.deploy.quantize.CALIBRATIONS`` (same images, same layout otherwise) and validates each: how
-``utils.deploy.quantize.CALIBRATION_METHOD`` was chosen.
+methods in ``utils.deploy.quantize.CALIBRATIONS`` (same images, same layout otherwise) and its fp32 OpenVINO IR
+with each NNCF activation range estimator in ``OPENVINO_RANGES``, and validates each: how
+``utils.deploy.quantize.CALIBRATION_METHOD`` and ``OPENVINO_ACTIVATION_RANGES`` were chosen.
+``--latency-runs 0`` skips the latency copies (accuracy only).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from machine import cpu_name, emit  # noqa: E402  (benchmarks/machine.py)
 DATA = ROOT / "data" / "shapes.yaml"
 CFGS = ("yolov5s", "yolov5s_RepVGG", "yolov5s_QARepVGG", "yolov5s_OREPA")
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+OPENVINO_RANGES = ("MINMAX", "HISTOGRAM")  # NNCF RangeEstimatorParametersSet members compared
 
 
 def cpu_int8_flags() -> list[str]:
@@ -122,6 +125,30 @@ def compare_calibration(weights: Path, fp32_onnx: Path, imgsz: int, calib: int) 
     return out
 
 
+def compare_openvino_ranges(weights: Path, fp32_ir: Path, imgsz: int, calib: int) -> dict:
+    """INT8 OpenVINO mAP50-95 for each NNCF activation range estimator (metadata copied from the INT8 folder)."""
+    import shutil
+
+    import openvino as ov
+
+    from utils.checkpoint import load_model
+    from utils.deploy.quantize import head_prefix, load_int8_data, quantize_openvino
+
+    data = load_int8_data(str(DATA), calib, (imgsz, imgsz))
+    head = head_prefix(load_model(weights))
+    meta = weights.with_name(f"{weights.stem}_int8_openvino_model") / "metadata.yaml"
+    out = {}
+    for ranges in OPENVINO_RANGES:
+        q = quantize_openvino(ov.Core().read_model(str(fp32_ir / f"{weights.stem}.xml")), data.calibration, 1, head,
+                              activation_ranges=ranges)
+        d = weights.with_name(f"{weights.stem}-int8-{ranges.lower()}_openvino_model")
+        d.mkdir(exist_ok=True)
+        ov.save_model(q, str(d / f"{weights.stem}.xml"), compress_to_fp16=False)
+        shutil.copy(meta, d / "metadata.yaml")
+        out[ranges] = map5095(d, imgsz)
+    return out
+
+
 def latency_ms(file: Path, runs: int) -> float:
     """Median single-image latency at the file's input size (batch 1), backend only."""
     from utils.deploy.backends import load_backend
@@ -164,8 +191,11 @@ def main(argv=None) -> int:
         rows.append((cfg, m, agree))
         print(f"{cfg}: {m}", file=sys.stderr)
         if args.compare_calibration:
-            calib_rows.append((cfg, compare_calibration(best, files["onnx"], imgsz, args.calib_images)))
-            print(f"{cfg}: calibration methods {calib_rows[-1][1]}", file=sys.stderr)
+            calib_rows.append((cfg, compare_calibration(best, files["onnx"], imgsz, args.calib_images),
+                               compare_openvino_ranges(best, files["openvino"], imgsz, args.calib_images)))
+            print(f"{cfg}: calibration methods {calib_rows[-1][1:]}", file=sys.stderr)
+        if not args.latency_runs:
+            continue
         # latency at 640: separate copies so the accuracy files above stay at the recipe's size
         lat_dir = best.parents[1] / "latency640"
         lat_dir.mkdir(parents=True, exist_ok=True)
@@ -190,9 +220,10 @@ def main(argv=None) -> int:
                      f"{m['openvino']:.4f} | {m['openvino int8']:.4f} | {(m['openvino'] - m['openvino int8']) * 100:.2f} pt | "
                      f"{agree['onnx int8'].share:.1%}, IoU {agree['onnx int8'].mean_iou:.3f} | "
                      f"{agree['openvino int8'].share:.1%}, IoU {agree['openvino int8'].mean_iou:.3f} |")
-    lines += ["", f"Latency: 640x640, batch 1, median of {args.latency_runs} runs after 10 warm-up runs (ms)", "",
-              "| model | ONNX Runtime fp32 | ONNX Runtime INT8 | speed-up | OpenVINO fp32 | OpenVINO INT8 | speed-up |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    if lat_rows:
+        lines += ["", f"Latency: 640x640, batch 1, median of {args.latency_runs} runs after 10 warm-up runs (ms)", "",
+                  "| model | ONNX Runtime fp32 | ONNX Runtime INT8 | speed-up | OpenVINO fp32 | OpenVINO INT8 | speed-up |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
     for cfg, lat in lat_rows:
         lines.append(f"| {cfg} | {lat['onnx']:.1f} | {lat['onnx int8']:.1f} | {lat['onnx'] / lat['onnx int8']:.2f}x | "
                      f"{lat['openvino']:.1f} | {lat['openvino int8']:.1f} | {lat['openvino'] / lat['openvino int8']:.2f}x |")
@@ -202,9 +233,15 @@ def main(argv=None) -> int:
         lines += ["", "Calibration method (INT8 ONNX mAP50-95, drop from fp32 ONNX in points)", "",
                   "| model | " + " | ".join(CALIBRATIONS) + " |", "| --- |" + " --- |" * len(CALIBRATIONS)]
         fp32 = {cfg: m["onnx"] for cfg, m, _ in rows}
-        for cfg, res in calib_rows:
+        for cfg, res, _ in calib_rows:
             lines.append(f"| {cfg} | " + " | ".join(f"{res[k]:.4f} ({(fp32[cfg] - res[k]) * 100:.2f})"
                                                      for k in CALIBRATIONS) + " |")
+        lines += ["", "OpenVINO activation ranges (NNCF, 7-bit weights; INT8 OpenVINO mAP50-95, drop from fp32 OpenVINO)",
+                  "", "| model | " + " | ".join(OPENVINO_RANGES) + " |", "| --- |" + " --- |" * len(OPENVINO_RANGES)]
+        fp32_ov = {cfg: m["openvino"] for cfg, m, _ in rows}
+        for cfg, _, res in calib_rows:
+            lines.append(f"| {cfg} | " + " | ".join(f"{res[k]:.4f} ({(fp32_ov[cfg] - res[k]) * 100:.2f})"
+                                                     for k in OPENVINO_RANGES) + " |")
     lines.append(f"\nTotal: {(time.time() - t_all) / 60:.1f} min")
     emit(lines, args.out)
     return 0

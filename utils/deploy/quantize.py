@@ -12,7 +12,8 @@ floating point, since one INT8 scale cannot hold pixel coordinates and probabili
   quantizes outside the head (so it fuses them into integer kernels), on the fp32 graph after
   ``quant_pre_process`` (shape inference and graph optimisation). The calibration method was chosen by
   measurement (benchmarks/README.md, "INT8"): ``CALIBRATION_METHOD``.
-- OpenVINO: NNCF post-training quantization of the IR converted from the fp32 ONNX (``OPENVINO_OVERFLOW_FIX``).
+- OpenVINO: NNCF post-training quantization of the IR converted from the fp32 ONNX (``OPENVINO_OVERFLOW_FIX``,
+  ``OPENVINO_ACTIVATION_RANGES``).
 - TensorRT: built from a second QDQ ONNX in TensorRT's layout (signed INT8 activations with zero point 0 at
   the convolutions' inputs; explicit quantization), see ``utils.deploy.exporters``.
 
@@ -62,6 +63,10 @@ QDQ_LAYOUTS = {
 # NNCF's fix for the same saturation in OpenVINO's u8 x s8 kernels: 7-bit weights in every convolution
 # ("enable"), not only in the first one (NNCF's default, "first_layer_only")
 OPENVINO_OVERFLOW_FIX = "enable"
+# activation ranges from histograms (clipping rare outliers), not min/max: with 7-bit weights the min/max
+# ranges cost yolov5s_RepVGG 0.6-1.1 mAP50-95 points depending on the calibration subset, histograms
+# 0.15-0.5 (benchmarks/README.md, "INT8 on CPUs without VNNI")
+OPENVINO_ACTIVATION_RANGES = "HISTOGRAM"
 VERIFY_IMAGES = 64  # images utils.deploy.verify compares INT8 and fp32 detections on
 MIN_INT8_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their axis attribute)
 QDQ_FORMATS = ("onnx", "engine")  # INT8 from a QDQ ONNX of the --opset graph (OpenVINO's NNCF quantizes the IR)
@@ -191,14 +196,20 @@ def quantize_onnx(fp32_onnx: Path, out: Path, images: list[np.ndarray], batch: i
     return out
 
 
-def quantize_openvino(ov_model, images: list[np.ndarray], batch: int, head: str):
-    """NNCF post-training INT8 of an OpenVINO model's convolutions outside ``head``."""
+def quantize_openvino(ov_model, images: list[np.ndarray], batch: int, head: str,
+                      activation_ranges: str = OPENVINO_ACTIVATION_RANGES):
+    """NNCF post-training INT8 of an OpenVINO model's convolutions outside ``head``; ``activation_ranges``: a
+    member name of NNCF's ``RangeEstimatorParametersSet`` (MINMAX, HISTOGRAM, ...)."""
     try:
         import nncf
     except ImportError as e:
         raise QuantizationError("OpenVINO INT8 needs NNCF: pip install nncf") from e
     items = batches(images, batch)
     ignored = nncf.IgnoredScope(patterns=[f"^{head.replace('.', '[.]')}.*"], validate=False)
-    fix = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(OPENVINO_OVERFLOW_FIX))
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    advanced = nncf.AdvancedQuantizationParameters(
+        overflow_fix=nncf.OverflowFix(OPENVINO_OVERFLOW_FIX),
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, activation_ranges))
     return nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED,
-                         ignored_scope=ignored, advanced_parameters=fix)
+                         ignored_scope=ignored, advanced_parameters=advanced)
