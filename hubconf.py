@@ -5,10 +5,12 @@
     results = model(["data/images/bus.jpg", pil_image, rgb_array])   # paths, URLs, PIL, numpy (RGB), lists
     results.print(); results.save(); results.pandas().xyxy[0]
 
-``custom(path)`` loads one of our checkpoints (folded or not) or any exported format ``utils.deploy.backends``
-reads (TorchScript, ONNX, OpenVINO, TensorRT). The config constructors (``yolov5s()``, ...,
-``yolov5s_RepVGG()``) build untrained models: nothing is downloaded, so ``pretrained=True`` is an error
-that says to pass a trained file to ``custom()``. With ``autoshape=True`` (the default) the model is
+``custom(path)`` loads one of our checkpoints (folded or not), an official YOLOv5/YOLOv7 ``.pt`` (read as
+data: ``utils.foreign_checkpoint``) or any exported format ``utils.deploy.backends`` reads (TorchScript,
+ONNX, OpenVINO, TensorRT). The config constructors (``yolov5s()``, ..., ``yolov5s_RepVGG()``) build
+untrained models; with ``pretrained=True`` they load ``<name>.pt`` from the working directory or this
+repository's root (nothing is downloaded: a missing file says where the official one is published), and a
+``classes`` other than the file's keeps every tensor whose shape still fits, as YOLOv5 does. With ``autoshape=True`` (the default) the model is
 wrapped in ``AutoShape`` (thresholds as attributes: ``conf``, ``iou``, ``classes``, ``max_det``, ...).
 """
 from __future__ import annotations
@@ -57,9 +59,7 @@ def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int 
     from utils.deploy.detections import AutoShape
 
     if pretrained:
-        raise ValueError(f"{cfg}(pretrained=True): no pretrained weights are shipped or downloaded. Train one "
-                         f"(python train.py --cfg {cfg}.yaml) or convert a YOLOv5 state dict, then load it with "
-                         "custom(path='best.pt')")
+        return _pretrained(cfg, channels, classes, autoshape, device)
     try:
         model = Model(f"{cfg}.yaml", ch=channels, nc=classes)
     except ValueError as e:
@@ -68,6 +68,29 @@ def _create(cfg: str, pretrained: bool = False, channels: int = 3, classes: int 
     if classes == 80:
         model.names = _coco_names() or model.names
     return AutoShape(model) if autoshape else model
+
+
+def _pretrained(cfg: str, channels: int, classes: int, autoshape: bool, device):
+    """``<cfg>.pt`` found locally (ours or the official file), with ``classes`` outputs."""
+    from models.yolo import Model
+    from utils.checkpoint import load_model, load_pretrained, missing_weights
+    from utils.deploy.detections import AutoShape
+    from utils.general import ROOT
+
+    places = [Path.cwd() / f"{cfg}.pt", ROOT / f"{cfg}.pt"]
+    weights = next((p for p in places if p.is_file()), None)
+    if weights is None:
+        raise missing_weights(places[0], f"{cfg}(pretrained=True): weights (looked in {places[0].parent} and "
+                              f"{places[1].parent})")
+    model = load_model(weights)
+    if channels != model.yaml["ch"] or classes != model.yaml["nc"]:  # YOLOv5's hub: transfer what still fits
+        pretrained = model
+        model = Model(pretrained.yaml, ch=channels, nc=classes)
+        load_pretrained(model, weights, exclude=("anchors",))
+        if classes == pretrained.yaml["nc"]:
+            model.names = pretrained.names
+    model = model.to(_device(device))
+    return AutoShape(model.fuse()) if autoshape else model
 
 
 def _coco_names() -> list[str] | None:

@@ -1,5 +1,5 @@
-"""What a hostile but realistic user does: copied run folders, clashing file names, YAML bombs, official
-YOLOv5 pickles, corrupt exports, full disks, runs started at the same moment. Each case ends in the right
+"""What a hostile but realistic user does: copied run folders, clashing file names, YAML bombs, corrupt
+checkpoints and exports, full disks, runs started at the same moment. Each case ends in the right
 result or in one clear sentence, never a traceback from deep inside or silent data loss."""
 from __future__ import annotations
 
@@ -44,12 +44,6 @@ def tiny_data(tmp_path_factory) -> Path:
 def random_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     save_checkpoint(path, Model("yolov5s_RepVGG.yaml", nc=3))
-    return path
-
-
-def official_yolov5_pickle(path: Path) -> Path:
-    """What YOLOv5 ships: a dict holding a whole pickled nn.Module."""
-    torch.save({"model": Model("yolov5n.yaml"), "epoch": -1}, path)
     return path
 
 
@@ -205,21 +199,6 @@ def test_dataset_without_any_label_fails_before_training(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- model files
-def test_official_yolov5_pickle_is_explained_everywhere(tmp_path, tiny_data):
-    official = official_yolov5_pickle(tmp_path / "yolov5s.pt")
-    calls = {
-        "val": lambda: val.run(data=str(tiny_data), weights=str(official), project=str(tmp_path)),
-        "detect": lambda: detect.run(weights=str(official), source=str(COCO_IMAGES / "000000000009.jpg"),
-                                     project=str(tmp_path)),
-        "export": lambda: export.run(weights=str(official), include=["onnx"]),
-        "train": lambda: train.run(weights=str(official), data=str(tiny_data), epochs=1, project=str(tmp_path)),
-    }
-    for name, call in calls.items():
-        with pytest.raises(CheckpointError, match="pickled Python objects") as info:
-            call()
-        assert "state_dict()" in str(info.value), name
-
-
 @pytest.mark.parametrize("suffix", [".onnx", ".torchscript"])
 def test_corrupt_export_is_one_sentence(tmp_path, tiny_data, suffix):
     bad = tmp_path / f"model{suffix}"
@@ -238,8 +217,9 @@ def test_val_checks_classes_before_the_pass(random_checkpoint, tmp_path):
 
 
 def test_cli_scripts_end_in_one_line_not_a_traceback(tmp_path):
-    official = official_yolov5_pickle(tmp_path / "yolov5s.pt")
-    for args in (["export.py", "--weights", str(tmp_path / "missing.pt")], ["export.py", "--weights", str(official)]):
+    corrupt = tmp_path / "yolov5s.pt"
+    corrupt.write_bytes(np.random.default_rng(1).bytes(3000))
+    for args in (["export.py", "--weights", str(tmp_path / "missing.pt")], ["export.py", "--weights", str(corrupt)]):
         done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and "Traceback" not in done.stderr and "ERROR:" in done.stderr, done.stderr[-500:]
 

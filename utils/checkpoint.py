@@ -3,6 +3,10 @@
 A file written here loads with ``torch.load(path, weights_only=True)`` (no pickled classes, so a
 downloaded checkpoint cannot run code), and the model is rebuilt from the YAML dict stored in it.
 Writes are atomic: a crash mid-save leaves the previous file intact, never a truncated one.
+
+YOLOv5's and YOLOv7's own ``.pt`` files (pickled modules) are read as data by
+``utils.foreign_checkpoint`` and rebuilt the same way, from their YAML dict through the registry:
+``load_model``, ``load_pretrained`` and ``checkpoint_yaml`` accept both.
 """
 from __future__ import annotations
 
@@ -25,6 +29,17 @@ REQUIRED_KEYS = ("format", "yaml", "state_dict", "folded")
 
 class CheckpointError(ValueError):
     """A file that is missing, unreadable, truncated or not one of our checkpoints."""
+
+
+class PickledObjectsError(CheckpointError):
+    """A PyTorch file that pickles classes (YOLOv5's and YOLOv7's own files): ``utils.foreign_checkpoint`` reads it."""
+
+
+# where the official files are published: a missing --weights yolov5s.pt is never downloaded, only explained
+OFFICIAL_WEIGHTS = {
+    "yolov5": "https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}",
+    "yolov7": "https://github.com/WongKinYiu/yolov7/releases/download/v0.1/{name}",
+}
 
 
 def to_plain(obj, where: str = "checkpoint"):
@@ -104,23 +119,27 @@ def _load_plain(path: Path):
             raise CheckpointError(f"{path} ({path.stat().st_size} bytes) is not a readable checkpoint: truncated, "
                                   f"corrupt or not a PyTorch file (UnpicklingError: {str(e)[:200]})") from e
         # a real PyTorch file that holds pickled classes, which weights_only refuses
-        raise CheckpointError(
-            f"{path} holds pickled Python objects (e.g. an official YOLOv5 .pt with a whole nn.Module inside), "
-            "which are not loaded because they can run code. Convert it once where YOLOv5 is installed: "
-            "torch.save(torch.load('yolov5s.pt', weights_only=False)['model'].float().state_dict(), "
-            "'yolov5s_state_dict.pt'), then train from it with --weights yolov5s_state_dict.pt --cfg yolov5s.yaml"
-        ) from e
+        raise PickledObjectsError(f"{path} holds pickled Python objects, not a plain checkpoint of this project") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
         size = path.stat().st_size
         raise CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint: truncated, corrupt or not a "
                               f"PyTorch file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 
+def missing_weights(path: Path, what: str = "checkpoint") -> CheckpointError:
+    """The error for a weights file that is not there; for an official file's name, where it is published."""
+    for project, url in OFFICIAL_WEIGHTS.items():
+        if path.name.startswith(project) and path.suffix == ".pt":
+            return CheckpointError(f"{what} not found: {path}. Nothing is downloaded here: the official {path.name} is "
+                                   f"published at {url.format(name=path.name)}; download it to {path} (or give its path)")
+    return CheckpointError(f"{what} not found: {path}")
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict safely (weights_only) with clear errors for bad files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise missing_weights(path)
     ckpt = _load_plain(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = " (it looks like a bare state dict: build the Model from its YAML and load_state_dict it)" if (
@@ -148,14 +167,100 @@ def model_from_record(ckpt: dict, source: str = "checkpoint"):
 
 
 def load_model(path: str | Path, device="cpu", fuse: bool = False):
-    """Model from a checkpoint file, in eval mode on ``device``; ``fuse=True`` folds it for deployment."""
-    model = model_from_record(read_checkpoint(path), str(path)).to(device).eval()
+    """Model from a checkpoint file (ours, or YOLOv5's/YOLOv7's read as data), in eval mode on ``device``;
+    ``fuse=True`` folds it for deployment."""
+    try:
+        model = model_from_record(read_checkpoint(path), str(path))
+    except PickledObjectsError:
+        model = model_from_foreign(path)
+    model = model.to(device).eval()
     return model.fuse() if fuse else model
 
 
+def checkpoint_yaml(path: str | Path) -> dict:
+    """The model config a weights file was trained with (ours or YOLOv5's/YOLOv7's)."""
+    try:
+        return read_checkpoint(path)["yaml"]
+    except PickledObjectsError:
+        from utils.foreign_checkpoint import read_foreign
+
+        return _foreign(read_foreign, path).yaml
+
+
+def _foreign(reader, path):
+    """``reader(path)`` with its errors as ``CheckpointError`` (one line, naming the file)."""
+    from utils.foreign_checkpoint import ForeignCheckpointError
+
+    try:
+        return reader(path)
+    except ForeignCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _fold_to_match(model: nn.Module, keys: set) -> None:
+    """Fold exactly the blocks stored folded (YOLOv7's deploy files fold RepConv but keep Conv+BN)."""
+    from models.reparameterizable import Reparameterizable
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Reparameterizable) and not m.deploy:
+            own = {f"{name}.{k}" for k in m.state_dict()}
+            if not own <= keys and f"{name}.{m.deploy_attr}.weight" in keys:
+                m.fold()
+
+
+def _drop_derived_anchor_grid(state: dict, model: nn.Module, path: Path) -> dict:
+    """YOLOv7's Detect stores ``anchor_grid`` (anchors in pixels), which our Detect derives from ``anchors`` and the
+    strides: dropped once it is checked to say the same thing."""
+    own = model.state_dict()
+    for key in [k for k in state if k.endswith(".anchor_grid") and k not in own]:
+        anchors = state.get(key.replace(".anchor_grid", ".anchors"))
+        pixels = None if anchors is None else anchors * model.stride.view(-1, 1, 1).to(anchors)
+        if pixels is None or not torch.allclose(state[key].reshape(pixels.shape), pixels, rtol=1e-3):
+            raise CheckpointError(f"{path}: {key} disagrees with the anchors and strides stored beside it")
+        state = {k: v for k, v in state.items() if k != key}
+    return state
+
+
+def model_from_foreign(path: str | Path):
+    """Our model from a YOLOv5/YOLOv7 checkpoint: its YAML through the registry, its tensors loaded strict."""
+    from models.yolo import Model
+    from utils.foreign_checkpoint import read_foreign
+    from utils.general import LOGGER
+
+    path = Path(path)
+    found = _foreign(read_foreign, path)
+    try:
+        model = Model(found.yaml)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} ({found.source}): its model config matches no layer set of this project: {e}"
+                              ) from None
+    _fold_to_match(model, set(found.state_dict))
+    try:
+        model.load_state_dict(_drop_derived_anchor_grid(found.state_dict, model, path), strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()[1:3]]
+        raise CheckpointError(f"{path} ({found.source}): its tensors do not fit the model its config builds here: "
+                              f"{' '.join(lines)[:300]}") from None
+    if found.stride and [float(s) for s in model.stride] != found.stride:
+        raise CheckpointError(f"{path}: strides {found.stride} stored, {model.stride.tolist()} built from its config")
+    if len(found.names) != model.yaml["nc"]:
+        raise CheckpointError(f"{path}: {len(found.names)} class names for nc={model.yaml['nc']}")
+    model.names = found.names
+    epoch = "a release file" if found.epoch in (None, -1) else f"epoch {found.epoch}"
+    LOGGER.info(f"Imported {path.name}: {found.source} checkpoint, {len(found.names)} classes, {epoch}, "
+                f"'{found.taken_from}' weights; read as data (no code from the file ran)")
+    return model
+
+
 def _state_dict_from_file(path: Path) -> tuple[dict, bool]:
-    """(state dict, folded) from one of our checkpoints or a plain YOLOv5-style state dict file."""
-    obj = _load_plain(path)
+    """(state dict, folded) from one of our checkpoints, a YOLOv5/YOLOv7 checkpoint or a plain state dict file."""
+    try:
+        obj = _load_plain(path)
+    except PickledObjectsError:
+        from utils.foreign_checkpoint import read_foreign
+
+        state = _foreign(read_foreign, path).state_dict
+        return state, any(".rbr_reparam." in k for k in state)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj["state_dict"], bool(obj.get("folded"))
     for key in ("state_dict", "model", "ema"):
@@ -176,7 +281,7 @@ def load_pretrained(model: nn.Module, path: str | Path, exclude: tuple[str, ...]
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights not found: {path}")
+        raise missing_weights(path, "weights")
     state, folded = _state_dict_from_file(path)
     if folded:
         raise CheckpointError(f"{path} is folded (deployment form) and cannot be trained: use the unfolded checkpoint")

@@ -144,10 +144,14 @@ def latest_run(search_dir: str | Path) -> Path:
 
 def resume_config(config: TrainConfig) -> tuple[TrainConfig, dict]:
     """Config and checkpoint of the run to continue: its saved options, in the folder holding the file."""
-    from utils.checkpoint import CheckpointError, read_checkpoint
+    from utils.checkpoint import CheckpointError, PickledObjectsError, read_checkpoint
 
     last = Path(config.resume) if isinstance(config.resume, str) else latest_run(config.project)
-    ckpt = read_checkpoint(last)
+    try:
+        ckpt = read_checkpoint(last)
+    except PickledObjectsError:
+        raise CheckpointError(f"--resume {last}: a YOLOv5/YOLOv7 checkpoint cannot be resumed here (its optimizer and "
+                              f"schedule are theirs); start a run from its weights: --weights {last}") from None
     if ckpt.get("final") or "optimizer" not in ckpt:
         raise CheckpointError(f"{last} is from a finished run (optimizer state stripped): nothing to resume")
     weights_dir = last.resolve().parent

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from models.yolo import Model
 from utils.atomic import sweep_stale
 from utils.training.autoanchor import check_anchors
-from utils.checkpoint import (load_model, load_pretrained, model_from_record, read_checkpoint, save_checkpoint,
+from utils.checkpoint import (checkpoint_yaml, load_model, load_pretrained, model_from_record, save_checkpoint,
                               strip_checkpoint)
 from utils.datasets.dataloaders import create_dataloader
 from utils.evaluation.evaluator import validate
@@ -120,7 +120,7 @@ class Trainer:
             model.load_state_dict(self.ckpt["train_state_dict"])
         else:
             # without --cfg a checkpoint of ours fine-tunes in its own architecture, with its own anchors
-            cfg = config.cfg or read_checkpoint(config.weights)["yaml"]
+            cfg = config.cfg or checkpoint_yaml(config.weights)  # ours, or YOLOv5's/YOLOv7's
             model = Model(cfg, ch=3, nc=self.nc, anchors=self.hyp.get("anchors"))
             if config.weights:
                 exclude = ("anchors",) if config.cfg or self.hyp.get("anchors") else ()
