@@ -107,8 +107,8 @@ class Trainer:
         self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
         self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)  # validation, and training by default
         # YOLOv7's switch: train with the OTA assignment; validation losses stay ComputeLoss's (as YOLOv7's test.py)
-        self.train_loss = (ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if self.hyp.get("loss_ota")
-                           else self.compute_loss)
+        ota = self.hyp.get("loss_ota", DEFAULTS["loss_ota"])
+        self.train_loss = ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if ota else self.compute_loss
         self.stopper = EarlyStopping(patience=config.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
@@ -121,9 +121,10 @@ class Trainer:
         else:
             # without --cfg a checkpoint of ours fine-tunes in its own architecture, with its own anchors
             cfg = config.cfg or read_checkpoint(config.weights)["yaml"]
-            model = Model(cfg, ch=3, nc=self.nc, anchors=self.hyp.get("anchors"))
+            anchors = self.hyp.get("anchors", DEFAULTS["anchors"])
+            model = Model(cfg, ch=3, nc=self.nc, anchors=anchors)
             if config.weights:
-                exclude = ("anchors",) if config.cfg or self.hyp.get("anchors") else ()
+                exclude = ("anchors",) if config.cfg or anchors else ()
                 load_pretrained(model, config.weights, exclude=exclude)
         model.names = self.names
         freeze = [f"model.{x}." for x in (config.freeze if len(config.freeze) > 1 else range(config.freeze[0]))]
