@@ -35,7 +35,7 @@ from utils.training.loss_ota import ComputeLossOTA
 from utils.evaluation.metrics import class_weights, fitness, image_weights
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.signals import signal_name
-from utils.training.train_config import TrainConfig
+from utils.training.train_config import TrainConfig, require_config
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, init_seeds, smart_optimizer, to_channels_last
 
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
@@ -71,8 +71,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None):
-        if not isinstance(config, TrainConfig):  # e.g. an argparse Namespace: build one with make_config(**vars(opt))
-            raise TypeError(f"Trainer takes a TrainConfig (utils.training.train_config.make_config), not {type(config).__name__}")
+        require_config(config, "Trainer")
         self.config, self.data, self.device, self.ckpt = config, data, device, ckpt
         self.hyp = dict(hyp)
         self.rank = int(os.environ.get("RANK", -1))
