@@ -171,7 +171,7 @@ def make_yolov5() -> None:
     import yolov5
     from yolov5 import export
     from yolov5.models.yolo import Model
-    from yolov5.utils.datasets.augmentations import letterbox
+    from yolov5.utils.augmentations import letterbox
     from yolov5.utils.general import non_max_suppression, yaml_save
 
     assert yolov5.__version__ == '7.0.14', yolov5.__version__

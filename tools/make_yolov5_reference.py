@@ -17,7 +17,7 @@ throughput benchmark):
     # roboflow, thop, ...) pull torch 2.12.1 + torchvision 0.27.1 + ~2 GB of CUDA
     # wheels. Install it without deps and add only what import needs:
     /tmp/y5venv/bin/pip install --no-deps yolov5==7.0.14
-    /tmp/y5venv/bin/pip install psutil                  # yolov5.utils.datasets.dataloaders
+    /tmp/y5venv/bin/pip install psutil                  # yolov5.utils.dataloaders
     /tmp/y5venv/bin/pip install --no-deps seaborn ultralytics==8.4.190
     #   seaborn: yolov5.utils.plots; ultralytics: yolov5.utils.general only imports
     #   ultralytics.utils.checks.check_requirements. Everything else (torchvision,

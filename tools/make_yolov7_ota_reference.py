@@ -121,7 +121,7 @@ def load_yolov7(path: Path = Path("/tmp/yolov7_b")):
     ensure_working_copy(path)
     with _yolov7_imports(path):
         from models.yolo import Model
-        from utils.training.loss import ComputeLossOTA
+        from utils.loss import ComputeLossOTA  # YOLOv7's own layout, not this repository's
     hyp = yaml.safe_load((path / "data" / "hyp.scratch.tiny.yaml").read_text())
     return Model, ComputeLossOTA, hyp
 

@@ -48,21 +48,20 @@ def check_hyp(hyp, source) -> dict:
     missing or not a number (``source``: the file, for the message)."""
     if not isinstance(hyp, dict):
         raise ValueError(f"{source}: a hyperparameter file is a mapping of names to numbers, got {excerpt(hyp)}")
-    missing = [k for k in REQUIRED if k not in hyp]
-    if missing:
-        listed = ", ".join(f"{k} ({REQUIRED[k]})" for k in missing)
-        raise ValueError(f"{source} lacks hyperparameters the training reads: {listed}; add them (the values in "
-                         f"data/hyps/hyp.scratch-low.yaml are YOLOv5's defaults)")
+    require(hyp, REQUIRED, source)
     not_numbers = [f"{k}: {excerpt(v, 40)}" for k, v in hyp.items() if not is_number(v)]
     if not_numbers:
         raise ValueError(f"{source}: hyperparameters must be numbers; not numbers: {', '.join(not_numbers)}")
     return hyp
 
 
-def require(hyp: dict, keys, user: str) -> dict:
-    """``hyp`` if it has ``keys``, else a ``ValueError`` listing the missing ones (for library callers)."""
+def require(hyp: dict, keys, source) -> dict:
+    """``hyp`` if it has ``keys``, else a ``ValueError`` naming each missing key with what it does (``source``: the
+    file, or the class a library caller built, for the message). The one missing-key check: ``check_hyp``
+    applies it to a file with ``REQUIRED``, the losses to the dict they are given with ``LOSS_KEYS``."""
     missing = [k for k in keys if k not in hyp]
     if missing:
-        raise ValueError(f"{user} needs hyperparameters {', '.join(missing)}; pass a complete hyp dict "
-                         f"(e.g. data/hyps/hyp.scratch-low.yaml)")
+        listed = ", ".join(f"{k} ({REQUIRED[k]})" if k in REQUIRED else k for k in missing)
+        raise ValueError(f"{source} lacks hyperparameters the training reads: {listed}; add them (the values in "
+                         f"data/hyps/hyp.scratch-low.yaml are YOLOv5's defaults)")
     return hyp

@@ -256,3 +256,12 @@ def test_loss_on_cuda_with_amp():
     cpu_model = Model(TINY_CFG).train()
     _, cpu_items = ComputeLoss(cpu_model, load_hyp(fl_gamma=1.5))([p.float().cpu() for p in preds], targets)
     torch.testing.assert_close(items.cpu(), cpu_items, rtol=1e-4, atol=1e-6)
+
+
+def test_missing_loss_hyperparameters_are_named_as_check_hyp_names_them(model):
+    # one missing-key check (utils.hyperparameters.require) for a hyp file and for a dict given to a loss
+    hyp = load_hyp()
+    del hyp["anchor_t"], hyp["obj_pw"]
+    with pytest.raises(ValueError, match=r"ComputeLoss lacks hyperparameters the training reads: obj_pw \(objectness "
+                                         r"BCE positive weight\), anchor_t \(anchor-matching ratio threshold\); add them"):
+        ComputeLoss(model, hyp)

@@ -240,3 +240,20 @@ def test_on_cuda_under_autocast():
         loss, items = ComputeLossOTA(model)([p.cuda() for p in preds], case["targets"], imgs.cuda())
     assert loss.device.type == "cuda" and loss.dtype == torch.float32
     torch.testing.assert_close(items.cpu(), case["loss_items"][:3], rtol=1e-5, atol=0)
+
+
+@pytest.mark.skipif(not TOOL.MIRROR.is_dir(), reason="no YOLOv7 mirror to take a working copy from")
+def test_reference_tool_loads_yolov7s_own_loss(tmp_path):
+    # the tool imports YOLOv7's utils.loss, not this repository's layout (a path rename once rewrote it);
+    # in a child process: YOLOv7's utils.general changes print options at import
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys; from pathlib import Path; "
+            f"spec = importlib.util.spec_from_file_location('tool', {str(ROOT / 'tools' / 'make_yolov7_ota_reference.py')!r}); "
+            "tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool); "
+            f"Model, OTA7, hyp = tool.load_yolov7(Path({str(tmp_path / 'yolov7')!r})); "
+            "print(OTA7.__module__, OTA7.__name__, 'anchor_t' in hyp)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["utils.loss", "ComputeLossOTA", "True"]

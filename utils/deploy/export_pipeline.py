@@ -53,15 +53,6 @@ def failed_name(path: Path, is_dir: bool) -> Path:
     return path.with_name(f"{path.name}.failed")
 
 
-def _verify(fmt: str, file: Path, ctx: ExportContext, result: ExportResult, int8: bool) -> None:
-    if int8:
-        backend = load_backend(file, device=ctx.im.device)
-        result.agreement = verify_int8(ctx.model, backend, ctx.int8_data.verification, int(ctx.im.shape[0]),
-                                       result.format)
-    else:
-        result.max_abs_diff, result.error_ratio = verify_export(fmt, file, ctx)
-
-
 def _keep_failed(staged: Path, final: Path) -> tuple[Path, str]:
     """Move an export that failed verification out of the way: (where it went, the sentence that says so)."""
     kept = failed_name(final, staged.is_dir())
@@ -89,7 +80,11 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
         staged = (INT8_EXPORTERS if int8 else EXPORTERS)[fmt](ctx)
         result.file = ctx.weights.parent / staged.name
         result.seconds, result.size_mb = time.time() - t0, size_mb(staged)
-        _verify(fmt, staged, ctx, result, int8)
+        if int8:  # by detections; fp32 and fp16 tensor by tensor (utils.deploy.verify)
+            result.agreement = verify_int8(ctx.model, load_backend(staged, device=ctx.im.device),
+                                           ctx.int8_data.verification, int(ctx.im.shape[0]), name)
+        else:
+            result.max_abs_diff, result.error_ratio = verify_export(fmt, staged, ctx)
         replace_path(staged, result.file)
         ctx.exported[name] = result.file  # verified: the fp32 engine may build from this ONNX
     except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported

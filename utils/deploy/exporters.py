@@ -339,11 +339,18 @@ def _build_serialized_engine(trt, onnx_file: Path, ctx: ExportContext, int8: boo
     return bytes(serialized)
 
 
-def export_engine(ctx: ExportContext) -> Path:
-    """TensorRT engine built from the ONNX file, with a length-prefixed JSON metadata header."""
-    trt = import_tensorrt()  # first: a missing TensorRT or CUDA fails before any work
+def _tensorrt_for(ctx: ExportContext):
+    """The ``tensorrt`` module for an engine export of ``ctx``; first, so a missing TensorRT or CUDA, or a model
+    on the CPU, fails before any work."""
+    trt = import_tensorrt()
     if ctx.im.device.type != "cuda":
         raise ValueError("TensorRT export needs the model on a CUDA device: use --device 0")
+    return trt
+
+
+def export_engine(ctx: ExportContext) -> Path:
+    """TensorRT engine built from the ONNX file, with a length-prefixed JSON metadata header."""
+    trt = _tensorrt_for(ctx)
     onnx_file = ctx.exported.get("onnx") or export_onnx(ctx)
     LOGGER.info(f"TensorRT {trt.__version__}: building from {onnx_file} (workspace {ctx.workspace} GB)")
     engine = _build_serialized_engine(trt, Path(onnx_file), ctx)
@@ -385,9 +392,7 @@ def export_openvino_int8(ctx: ExportContext) -> Path:
 
 def export_engine_int8(ctx: ExportContext) -> Path:
     """``<stem>-int8.engine``: TensorRT explicit quantization of a QDQ ONNX (signed, zero point 0)."""
-    trt = import_tensorrt()
-    if ctx.im.device.type != "cuda":
-        raise ValueError("TensorRT export needs the model on a CUDA device: use --device 0")
+    trt = _tensorrt_for(ctx)
     with tempfile.TemporaryDirectory() as tmp:  # not the -int8.onnx: TensorRT needs its own QDQ layout
         qdq = Path(tmp) / "int8-tensorrt.onnx"
         _quantized_onnx(ctx, qdq, "tensorrt")

@@ -19,12 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torchvision
 
-from utils.datasets.augmentations import letterbox
+from utils.datasets.sources import prepare, read_image
 from utils.deploy.backends import load_backend
 from utils.deploy.exporters import ExportContext
 from utils.general import LOGGER, ROOT
@@ -57,11 +56,10 @@ def verification_image() -> Path:
 def example_input(hw: tuple[int, int], batch: int, device) -> torch.Tensor:
     """bus.jpg letterboxed to ``hw``, RGB, 0..1, repeated ``batch`` times: what exports trace and verify on."""
     path = verification_image()
-    im0 = cv2.imread(str(path))
+    im0 = read_image(str(path))
     if im0 is None:
         raise ValueError(f"cannot read {path}")
-    im = letterbox(im0, hw, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
-    x = torch.from_numpy(np.ascontiguousarray(im)).float().div(255)
+    x = torch.from_numpy(prepare(im0, hw, stride=1, auto=False)).float().div(255)  # as detect.py letterboxes
     return x.unsqueeze(0).expand(batch, -1, -1, -1).contiguous().to(device)
 
 

@@ -118,21 +118,20 @@ def validate(model, dataloader, *, names, single_cls=False, half=False, fuse=Fal
     backend = load_backend(model, fp16=half, fuse=fuse)
     nc = 1 if single_cls else backend.nc
     collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
-    shapes: dict[tuple, None] = {}  # filled by evaluate, in the order first run
-    loss, dt = evaluate(backend, dataloader, collector, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
-                        augment=augment, compute_loss=compute_loss, plots=plots, save_dir=save_dir, names=names,
-                        input_shapes=shapes)
+    loss, dt, shapes = evaluate(backend, dataloader, collector, conf_thres=conf_thres, iou_thres=iou_thres,
+                                max_det=max_det, augment=augment, compute_loss=compute_loss, plots=plots,
+                                save_dir=save_dir, names=names)
     results = score(collector, nc, names, verbose=verbose, plots=plots, save_dir=save_dir)
     times = tuple(x / max(len(collector.preds), 1) * 1e3 for x in dt)
     metrics = (results["precision"], results["recall"], results["map50"], results["map"], *loss.cpu().tolist())
-    return Validation(metrics, per_class_map(results, nc), times, results, collector, tuple(shapes))
+    return Validation(metrics, per_class_map(results, nc), times, results, collector, shapes)
 
 
 @torch.no_grad()
 def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou_thres=0.6, max_det=300,
-             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=(), input_shapes=None):
-    """Run a backend over ``dataloader`` into ``collector``; return (mean losses (3,), seconds).
-    ``input_shapes`` (a dict) gets the shape of every batch as the backend ran it (a fixed batch size pads).
+             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=()):
+    """Run a backend over ``dataloader`` into ``collector``; return (mean losses (3,), seconds, input shapes):
+    the shapes are every distinct batch shape as the backend ran it (a fixed batch size pads), in first-run order.
 
     NMS and everything after it work in fp32 whatever precision the backend runs in. Losses need the raw
     maps, which PyTorch backends give. Seconds are (pre-process, inference, NMS) summed over the pass.
@@ -140,14 +139,14 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
     device = backend.device
     loss = torch.zeros(3, device=device)
     dt = [0.0, 0.0, 0.0]
+    input_shapes: dict[tuple, None] = {}  # an ordered set
     for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="validating", leave=False)):
         t0 = time.perf_counter()
         im = im.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
         t1 = synced_time(device)
         preds, raw = backend.run(im, augment)
-        if input_shapes is not None:
-            input_shapes[(backend.batch or im.shape[0], *im.shape[1:])] = None
+        input_shapes[(backend.batch or im.shape[0], *im.shape[1:])] = None
         t2 = synced_time(device)
         if compute_loss and raw is not None:
             loss += compute_loss([x.float() for x in raw], targets)[1]
@@ -165,7 +164,7 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
         if plots and batch_i < 3:
             plot_images(im, targets, paths, Path(save_dir) / f"val_batch{batch_i}_labels.jpg", names)
             plot_images(im, output_to_target(preds), paths, Path(save_dir) / f"val_batch{batch_i}_pred.jpg", names)
-    return loss / max(len(dataloader), 1), dt
+    return loss / max(len(dataloader), 1), dt, tuple(input_shapes)
 
 
 def score(collector: Collector, nc: int, names, *, verbose=False, plots=False, save_dir=Path("")) -> dict:

@@ -22,7 +22,7 @@ import yaml
 
 from utils.general import LOGGER
 from utils.evaluation.metrics import fitness
-from utils.training.train_config import TrainConfig
+from utils.training.train_config import TrainConfig, require_config
 
 # YOLOv5 v7.0's (mutation gain, lower limit, upper limit); a gain of 0 keeps the value fixed
 MUTATION_BOUNDS = {
@@ -137,8 +137,7 @@ def evolve(config: TrainConfig, hyp: dict, data: dict, device, rank: int = -1) -
     """
     from utils.training.trainer import train_once  # heavy imports only when training
 
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"evolve takes a TrainConfig (utils.training.train_config.make_config), not {type(config).__name__}")
+    require_config(config, "evolve")
     save_dir = Path(config.save_dir)
     keys = [k for k in hyp if k in MUTATION_BOUNDS]
     unknown = sorted(set(hyp) - set(MUTATION_BOUNDS))

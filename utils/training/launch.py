@@ -14,15 +14,14 @@ import torch
 import torch.distributed as dist
 
 from utils.torch_utils import select_device
-from utils.training.train_config import TrainConfig, prepare
+from utils.training.train_config import TrainConfig, prepare, require_config
 
 SINGLE_PROCESS_ONLY = ("evolve", "image_weights")
 
 
 def train(config: TrainConfig):
     """Train as ``config`` says: YOLOv5's 7 final results, or with ``--evolve`` the best hyperparameters."""
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"train takes a TrainConfig (utils.training.train_config.make_config), not {type(config).__name__}")
+    require_config(config, "train")
     local_rank = int(os.environ.get("LOCAL_RANK", -1))
     rank = int(os.environ.get("RANK", -1))
     if local_rank != -1:

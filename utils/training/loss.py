@@ -84,22 +84,25 @@ def target_boxes(m: Matches, ny: int, nx: int) -> Tensor:
     return tbox
 
 
+def _flat_index(tobj: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+    """Positions of ``(b, a, gj, gi)`` in the flattened ``(bs, na, ny, nx)`` ``tobj``."""
+    b, a, gj, gi = index
+    _, na, ny, nx = tobj.shape
+    return ((b * na + a) * ny + gj) * nx + gi
+
+
 def scatter_max(tobj: Tensor, index: tuple[Tensor, ...], score: Tensor) -> Tensor:
     """Write ``score`` into ``tobj`` at ``(b, a, gj, gi)``; where several matches share a cell the highest wins.
     (Plain index assignment leaves the winner of duplicates undefined; YOLOv5's optional sort relies on
     last-write-wins, which CUDA does not promise. amax is deterministic.)"""
-    b, a, gj, gi = index
-    _, na, ny, nx = tobj.shape
-    flat = ((b * na + a) * ny + gj) * nx + gi
+    flat = _flat_index(tobj, index)
     return tobj.view(-1).scatter_reduce(0, flat, score, reduce="amax").view_as(tobj)
 
 
 def scatter_last(tobj: Tensor, index: tuple[Tensor, ...], score: Tensor) -> Tensor:
     """``tobj[b, a, gj, gi] = score`` where, for a cell listed twice, the later entry wins (what YOLOv7's
     index assignment does on the CPU), on every device."""
-    b, a, gj, gi = index
-    _, na, ny, nx = tobj.shape
-    flat = ((b * na + a) * ny + gj) * nx + gi
+    flat = _flat_index(tobj, index)
     order = torch.arange(flat.shape[0], device=flat.device)
     last = torch.full((tobj.numel(),), -1, device=flat.device, dtype=torch.long)
     last = last.scatter_reduce(0, flat, order, reduce="amax")

@@ -73,6 +73,14 @@ class TrainConfig:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
+def require_config(config, user: str) -> TrainConfig:
+    """``config`` if it is a ``TrainConfig``, else a TypeError for ``user`` (an argparse Namespace is the usual
+    mistake: library code takes the checked, frozen config only)."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"{user} takes a TrainConfig (utils.training.train_config.make_config), not {type(config).__name__}")
+    return config
+
+
 def _one_of(choices: tuple) -> Rule:
     return Rule(str, lambda v: v in choices, f"one of {', '.join(choices)}", optional=True)
 

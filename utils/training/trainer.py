@@ -35,7 +35,7 @@ from utils.training.loss_ota import ComputeLossOTA
 from utils.evaluation.metrics import class_weights, fitness, image_weights
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.signals import signal_name
-from utils.training.train_config import TrainConfig
+from utils.training.train_config import TrainConfig, require_config
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, init_seeds, smart_optimizer, to_channels_last
 
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
@@ -71,8 +71,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None):
-        if not isinstance(config, TrainConfig):  # e.g. an argparse Namespace: build one with make_config(**vars(opt))
-            raise TypeError(f"Trainer takes a TrainConfig (utils.training.train_config.make_config), not {type(config).__name__}")
+        require_config(config, "Trainer")
         self.config, self.data, self.device, self.ckpt = config, data, device, ckpt
         self.hyp = dict(hyp)
         self.rank = int(os.environ.get("RANK", -1))
@@ -107,8 +106,8 @@ class Trainer:
         self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
         self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)  # validation, and training by default
         # YOLOv7's switch: train with the OTA assignment; validation losses stay ComputeLoss's (as YOLOv7's test.py)
-        self.train_loss = (ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if self.hyp.get("loss_ota")
-                           else self.compute_loss)
+        ota = self.hyp.get("loss_ota", DEFAULTS["loss_ota"])
+        self.train_loss = ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if ota else self.compute_loss
         self.stopper = EarlyStopping(patience=config.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
@@ -121,9 +120,10 @@ class Trainer:
         else:
             # without --cfg a checkpoint of ours fine-tunes in its own architecture, with its own anchors
             cfg = config.cfg or checkpoint_yaml(config.weights)  # ours, or YOLOv5's/YOLOv7's
-            model = Model(cfg, ch=3, nc=self.nc, anchors=self.hyp.get("anchors"))
+            anchors = self.hyp.get("anchors", DEFAULTS["anchors"])
+            model = Model(cfg, ch=3, nc=self.nc, anchors=anchors)
             if config.weights:
-                exclude = ("anchors",) if config.cfg or self.hyp.get("anchors") else ()
+                exclude = ("anchors",) if config.cfg or anchors else ()
                 load_pretrained(model, config.weights, exclude=exclude)
         model.names = self.names
         freeze = [f"model.{x}." for x in (config.freeze if len(config.freeze) > 1 else range(config.freeze[0]))]
