@@ -243,6 +243,17 @@ def test_fine_tuning_a_release_file_on_other_classes_reports_the_transfer(tmp_pa
     assert (tmp_path / "ft" / "weights" / "best.pt").is_file()
 
 
+def test_a_yolov7_training_file_fine_tunes_in_its_own_architecture(tmp_path, data3, yolo_logs):
+    """No --cfg: the model is built from the file's own YAML (IDetect, RepConv), 3 classes instead of 80."""
+    train.run(weights=str(FIXTURES / "y7_train.pt"), data=str(data3), epochs=1, imgsz=64, batch_size=8, workers=0,
+              noplots=True, project=str(tmp_path), name="ft")
+    line = next(r.getMessage() for r in yolo_logs.records if r.getMessage().startswith("Transferred "))
+    loaded, total = map(int, line.split()[1].split("/"))
+    assert 0 < loaded < total and total - loaded <= 9, line  # only IDetect's class-dependent tensors are new
+    model = load_model(tmp_path / "ft" / "weights" / "last.pt")
+    assert type(model.model[-1]).__name__ == "IDetect" and model.names == ["circle", "square", "triangle"]
+
+
 def test_a_folded_file_cannot_be_fine_tuned_and_says_so(tmp_path, data3):
     with pytest.raises(CheckpointError, match="folded"):
         train.run(weights=str(FIXTURES / "y7_deploy_fused.pt"), data=str(data3), epochs=1, imgsz=64,
