@@ -274,3 +274,14 @@ def test_the_converter_writes_a_plain_file_with_the_same_outputs(name, tmp_path,
     out = load_model(plain)(references["x"])[0]
     torch.testing.assert_close(out, load_model(src)(references["x"])[0], rtol=0, atol=0)
     assert main([str(plain)]) == 1  # already plain: nothing to convert
+
+
+def test_hub_pretrained_finds_the_official_file_in_the_working_directory(tmp_path, monkeypatch, references):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "yolov5s.pt").write_bytes((FIXTURES / "y5_v70_release.pt").read_bytes())
+    model = hubconf.yolov5s(pretrained=True, autoshape=False)
+    torch.testing.assert_close(model(references["x"])[0], references["files"]["y5_v70_release.pt"]["output"],
+                               rtol=1e-5, atol=1e-4)
+    three = hubconf.yolov5s(pretrained=True, classes=3, autoshape=False)  # YOLOv5's hub: what fits transfers
+    assert three.yaml["nc"] == 3
+    torch.testing.assert_close(three.state_dict()["model.0.conv.weight"], model.state_dict()["model.0.conv.weight"])
