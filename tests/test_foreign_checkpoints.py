@@ -199,7 +199,8 @@ def test_a_training_file_gives_the_ema_weights_as_yolov5_does(references):
     assert found.taken_from == "ema" and found.epoch == references["files"]["y5_v70_last.pt"]["epoch"]
 
 
-@pytest.mark.parametrize("name", ["y5_v70_release.pt", "y5_pip_release.pt", "y7_train.pt", "y7_deploy_fused.pt"])
+@pytest.mark.parametrize("name", ["y5_v70_release.pt", "y5_v61_release.pt", "y5_pip_release.pt", "y7_train.pt",
+                                  "y7_deploy.pt", "y7_deploy_fused.pt"])
 def test_val_detect_export_and_hub_accept_their_files(name, coco16, tmp_path):
     weights = tmp_path / name
     weights.write_bytes((FIXTURES / name).read_bytes())
@@ -243,15 +244,19 @@ def test_fine_tuning_a_release_file_on_other_classes_reports_the_transfer(tmp_pa
     assert (tmp_path / "ft" / "weights" / "best.pt").is_file()
 
 
-def test_a_yolov7_training_file_fine_tunes_in_its_own_architecture(tmp_path, data3, yolo_logs):
-    """No --cfg: the model is built from the file's own YAML (IDetect, RepConv), 3 classes instead of 80."""
-    train.run(weights=str(FIXTURES / "y7_train.pt"), data=str(data3), epochs=1, imgsz=64, batch_size=8, workers=0,
+@pytest.mark.parametrize("name, head, new", [("y7_train.pt", "IDetect", 9), ("y7_deploy.pt", "Detect", 6),
+                                             ("y5_v61_release.pt", "Detect", 6), ("y5_pip_release.pt", "Detect", 6)])
+def test_each_layout_fine_tunes_in_its_own_architecture(name, head, new, tmp_path, data3, yolo_logs):
+    """No --cfg: the model is built from the file's own YAML, 3 classes instead of 80; only the class-dependent
+    head tensors start afresh (IDetect's ImplicitM too)."""
+    (tmp_path / name).write_bytes((FIXTURES / name).read_bytes())
+    train.run(weights=str(tmp_path / name), data=str(data3), epochs=1, imgsz=64, batch_size=8, workers=0,
               noplots=True, project=str(tmp_path), name="ft")
     line = next(r.getMessage() for r in yolo_logs.records if r.getMessage().startswith("Transferred "))
     loaded, total = map(int, line.split()[1].split("/"))
-    assert 0 < loaded < total and total - loaded <= 9, line  # only IDetect's class-dependent tensors are new
+    assert total - loaded == new, line
     model = load_model(tmp_path / "ft" / "weights" / "last.pt")
-    assert type(model.model[-1]).__name__ == "IDetect" and model.names == ["circle", "square", "triangle"]
+    assert type(model.model[-1]).__name__ == head and model.names == ["circle", "square", "triangle"]
 
 
 def test_a_folded_file_cannot_be_fine_tuned_and_says_so(tmp_path, data3):
