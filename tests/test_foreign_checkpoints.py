@@ -290,3 +290,14 @@ def test_hub_pretrained_finds_the_official_file_in_the_working_directory(tmp_pat
     three = hubconf.yolov5s(pretrained=True, classes=3, autoshape=False)  # YOLOv5's hub: what fits transfers
     assert three.yaml["nc"] == 3
     torch.testing.assert_close(three.state_dict()["model.0.conv.weight"], model.state_dict()["model.0.conv.weight"])
+
+
+def test_a_layout_that_matches_no_config_here_is_named(tmp_path):
+    """A YOLOv8-style layer (C2f) in the file's YAML: one line naming the file and the layer, not a deep traceback."""
+    model = Model("yolov5n.yaml", nc=3)
+    model.yaml["backbone"][2][2] = "C2f"
+    path = tmp_path / "v8ish.pt"
+    torch.save({"model": model, "epoch": -1}, path)
+    with pytest.raises(CheckpointError, match=r"v8ish\.pt .*matches no layer set of this project.*C2f") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
