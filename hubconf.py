@@ -77,11 +77,15 @@ def _pretrained(cfg: str, channels: int, classes: int, autoshape: bool, device):
     from utils.deploy.detections import AutoShape
     from utils.general import ROOT
 
-    places = [Path.cwd() / f"{cfg}.pt", ROOT / f"{cfg}.pt"]
+    places = list(dict.fromkeys([Path.cwd() / f"{cfg}.pt", ROOT / f"{cfg}.pt"]))
     weights = next((p for p in places if p.is_file()), None)
     if weights is None:
-        raise missing_weights(places[0], f"{cfg}(pretrained=True): weights (looked in {places[0].parent} and "
-                              f"{places[1].parent})")
+        error = missing_weights(places[0], f"{cfg}(pretrained=True): weights (looked in "
+                                f"{' and '.join(str(p.parent) for p in places)})")
+        if "published" not in str(error):  # none is published for this config: one of your own runs
+            error = type(error)(f"{error}; train one (python train.py --cfg {cfg}.yaml) and load it with "
+                                "custom(path='runs/train/exp/weights/best.pt')")
+        raise error
     model = load_model(weights)
     if channels != model.yaml["ch"] or classes != model.yaml["nc"]:  # YOLOv5's hub: transfer what still fits
         pretrained = model

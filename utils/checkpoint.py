@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -35,11 +36,13 @@ class PickledObjectsError(CheckpointError):
     """A PyTorch file that pickles classes (YOLOv5's and YOLOv7's own files): ``utils.foreign_checkpoint`` reads it."""
 
 
-# where the official files are published: a missing --weights yolov5s.pt is never downloaded, only explained
-OFFICIAL_WEIGHTS = {
-    "yolov5": "https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}",
-    "yolov7": "https://github.com/WongKinYiu/yolov7/releases/download/v0.1/{name}",
-}
+# the official release files (names as published) and where: a missing --weights yolov5s.pt is explained, never
+# downloaded
+OFFICIAL_WEIGHTS = (
+    (re.compile(r"yolov5[nsmlx]6?\.pt"), "https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}"),
+    (re.compile(r"yolov7(-tiny|x|-w6|-e6|-d6|-e6e)?(_training)?\.pt"),
+     "https://github.com/WongKinYiu/yolov7/releases/download/v0.1/{name}"),
+)
 
 
 def to_plain(obj, where: str = "checkpoint"):
@@ -128,8 +131,8 @@ def _load_plain(path: Path):
 
 def missing_weights(path: Path, what: str = "checkpoint") -> CheckpointError:
     """The error for a weights file that is not there; for an official file's name, where it is published."""
-    for project, url in OFFICIAL_WEIGHTS.items():
-        if path.name.startswith(project) and path.suffix == ".pt":
+    for pattern, url in OFFICIAL_WEIGHTS:
+        if pattern.fullmatch(path.name):
             return CheckpointError(f"{what} not found: {path}. Nothing is downloaded here: the official {path.name} is "
                                    f"published at {url.format(name=path.name)}; download it to {path} (or give its path)")
     return CheckpointError(f"{what} not found: {path}")
