@@ -42,11 +42,16 @@ def test_half_validation_matches_fp32_and_leaves_the_model_alone(shapes_trained)
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
+# below detect's 0.25: how many boxes the 12-epoch fixture scores above 0.25 depends on the CPU it trained on
+# (5 on 12 images with AVX2 kernels, ~30 with AVX-512); fp16 against fp32 is compared on the same boxes either way
+CONF = 0.1
+
+
 def _detections(weights: Path, source: Path, half: bool, augment: bool) -> list:
     backend = load_backend(weights, "cpu", fp16=half)
     dataset = detect.load_source(str(source), (160, 160), backend.stride, auto=True, vid_stride=1)
     outputs = detect.Outputs(Path("."), backend.names, False, False, False, False, 3, False, False)
-    nms = dict(conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False, max_det=100, end2end=False)
+    nms = dict(conf_thres=CONF, iou_thres=0.45, classes=None, agnostic=False, max_det=100, end2end=False)
     results, _ = detect._loop(dataset, backend, augment, nms, outputs, backend.names, False)
     return results
 
@@ -93,6 +98,7 @@ def test_hub_model_after_half_matches_fp32(shapes_trained, sample_images):
     import hubconf
 
     model = hubconf.custom(str(shapes_trained[0] / "weights" / "best.pt"), _verbose=False)
+    model.conf = CONF
     files = [str(f) for f in sorted(sample_images.iterdir())]
     ref = model(files, size=160).xyxy
     low = model.half()(files, size=160).xyxy

@@ -280,10 +280,11 @@ def test_detect_runs_int8_files_like_any_other(int8_exports, tmp_path):
     from utils.datasets.dataset_config import check_dataset
 
     results, _, data = int8_exports
-    images = list_image_files(check_dataset(str(data))["val"])[:12]  # the 12-epoch model finds ~1 box an image
-    # INT8 at half the threshold, as export's verification counts a box kept (a 0.26 -> 0.24 flip is no loss)
+    images = list_image_files(check_dataset(str(data))["val"])[:12]
+    # 0.1, not 0.25: how many boxes the small trained model scores above 0.25 depends on the CPU it trained on (5 on
+    # 12 images with AVX2 kernels); INT8 at half the threshold, as export's verification counts a box kept
     found = {fmt: detect.run(weights=str(results[fmt].file), source=images, imgsz=(160, 160), nosave=True,
-                             conf_thres=0.25 * (KEPT_CONF_RATIO if "int8" in fmt else 1),
+                             conf_thres=0.1 * (KEPT_CONF_RATIO if "int8" in fmt else 1),
                              project=tmp_path, name=fmt.replace(" ", "_"))
              for fmt in ("onnx", "onnx int8", "openvino int8")}
     ref = [r.det for r in found["onnx"]]
