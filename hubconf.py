@@ -111,38 +111,108 @@ def _coco_names() -> list[str] | None:
 
 
 def yolov5n(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
-    """YOLOv5-nano (YOLOv5 v7.0 architecture), untrained."""
+    """YOLOv5-nano (YOLOv5 v7.0 architecture): models/yolov5n.yaml, untrained (``pretrained=True``: ``yolov5n.pt``)."""
     return _create("yolov5n", pretrained, channels, classes, autoshape, device)
 
 
 def yolov5s(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
-    """YOLOv5-small, untrained."""
+    """YOLOv5-small: models/yolov5s.yaml, untrained (``pretrained=True``: ``yolov5s.pt``)."""
     return _create("yolov5s", pretrained, channels, classes, autoshape, device)
 
 
 def yolov5m(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
-    """YOLOv5-medium, untrained."""
+    """YOLOv5-medium: models/yolov5m.yaml, untrained (``pretrained=True``: ``yolov5m.pt``)."""
     return _create("yolov5m", pretrained, channels, classes, autoshape, device)
 
 
 def yolov5l(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
-    """YOLOv5-large, untrained."""
+    """YOLOv5-large: models/yolov5l.yaml, untrained (``pretrained=True``: ``yolov5l.pt``)."""
     return _create("yolov5l", pretrained, channels, classes, autoshape, device)
 
 
 def yolov5x(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
-    """YOLOv5-xlarge, untrained."""
+    """YOLOv5-xlarge: models/yolov5x.yaml, untrained (``pretrained=True``: ``yolov5x.pt``)."""
     return _create("yolov5x", pretrained, channels, classes, autoshape, device)
 
 
+def yolov5n6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-nano P6 (four levels, strides 8-64, for --imgsz 1280): models/yolov5n6.yaml, untrained (``pretrained=True``: ``yolov5n6.pt``)."""
+    return _create("yolov5n6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-small P6: models/yolov5s6.yaml, untrained (``pretrained=True``: ``yolov5s6.pt``)."""
+    return _create("yolov5s6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5m6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-medium P6: models/yolov5m6.yaml, untrained (``pretrained=True``: ``yolov5m6.pt``)."""
+    return _create("yolov5m6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5l6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-large P6: models/yolov5l6.yaml, untrained (``pretrained=True``: ``yolov5l6.pt``)."""
+    return _create("yolov5l6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5x6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv5-xlarge P6: models/yolov5x6.yaml, untrained (``pretrained=True``: ``yolov5x6.pt``)."""
+    return _create("yolov5x6", pretrained, channels, classes, autoshape, device)
+
+
 def yolov5s_RepVGG(pretrained=False, channels=3, classes=80, autoshape=True, device=None):  # noqa: N802
-    """RepVGGBlock backbone with the YOLOv5s head (this project's seed config), untrained."""
+    """RepVGGBlock backbone with the YOLOv5s head (this project's seed config): models/yolov5s_RepVGG.yaml, untrained (``pretrained=True``: ``yolov5s_RepVGG.pt``)."""
     return _create("yolov5s_RepVGG", pretrained, channels, classes, autoshape, device)
 
 
+def yolov5s6_RepVGG(pretrained=False, channels=3, classes=80, autoshape=True, device=None):  # noqa: N802
+    """The seed RepVGG config with a P6 stage and a four-level head: models/yolov5s6_RepVGG.yaml, untrained (``pretrained=True``: ``yolov5s6_RepVGG.pt``)."""
+    return _create("yolov5s6_RepVGG", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s_QARepVGG(pretrained=False, channels=3, classes=80, autoshape=True, device=None):  # noqa: N802
+    """QARepVGGBlock (quantization-aware RepVGG) backbone with the YOLOv5s head: models/yolov5s_QARepVGG.yaml, untrained (``pretrained=True``: ``yolov5s_QARepVGG.pt``)."""
+    return _create("yolov5s_QARepVGG", pretrained, channels, classes, autoshape, device)
+
+
 def yolov5s_OREPA(pretrained=False, channels=3, classes=80, autoshape=True, device=None):  # noqa: N802
-    """OREPA backbone with the YOLOv5s head, untrained."""
+    """OREPA backbone with the YOLOv5s head: models/yolov5s_OREPA.yaml, untrained (``pretrained=True``: ``yolov5s_OREPA.pt``)."""
     return _create("yolov5s_OREPA", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7_tiny(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7-tiny: models/yolov7-tiny.yaml, untrained (``pretrained=True``: ``yolov7-tiny.pt``)."""
+    return _create("yolov7-tiny", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7: models/yolov7.yaml, untrained (``pretrained=True``: ``yolov7.pt``)."""
+    return _create("yolov7", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7x(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7-X: models/yolov7x.yaml, untrained (``pretrained=True``: ``yolov7x.pt``)."""
+    return _create("yolov7x", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7_w6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7-W6 (P6, auxiliary heads while training; fuse() drops them): models/yolov7-w6.yaml, untrained (``pretrained=True``: ``yolov7-w6.pt``)."""
+    return _create("yolov7-w6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7_e6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7-E6 (P6, auxiliary heads): models/yolov7-e6.yaml, untrained (``pretrained=True``: ``yolov7-e6.pt``)."""
+    return _create("yolov7-e6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7_d6(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7-D6 (P6, auxiliary heads): models/yolov7-d6.yaml, untrained (``pretrained=True``: ``yolov7-d6.pt``)."""
+    return _create("yolov7-d6", pretrained, channels, classes, autoshape, device)
+
+
+def yolov7_e6e(pretrained=False, channels=3, classes=80, autoshape=True, device=None):
+    """YOLOv7-E6E (P6, auxiliary heads): models/yolov7-e6e.yaml, untrained (``pretrained=True``: ``yolov7-e6e.pt``)."""
+    return _create("yolov7-e6e", pretrained, channels, classes, autoshape, device)
 
 
 if __name__ == "__main__":
