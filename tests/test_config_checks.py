@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import copy
+import logging
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import ROOT
 from models.yolo import Model, check_model_config
-from utils.hyperparameters import DEFAULTS, REQUIRED, check_hyp
+from utils.hyperparameters import DEFAULTS, KNOWN, NO_EFFECT, OFF_ONLY, REQUIRED, YOLOV7_MOSAIC9, check_hyp
+from utils.training.evolve import MUTATION_BOUNDS, RESULT_COLUMNS, evolvable_keys, mutate
 
 BASE = {
     "nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": [[10, 13, 16, 30], [30, 61, 62, 45]],
@@ -154,3 +157,80 @@ def test_hyp_table_matches_what_the_code_reads():
     assert "cls_pw" in read and "degrees" in read  # the scan sees the loss and the augmentations
     assert read - set(REQUIRED) - set(DEFAULTS) == set()
     assert set(REQUIRED) - read == set()
+
+
+def _code_reads() -> set[str]:
+    read = set()
+    for path in [ROOT / "train.py", *sorted((ROOT / "utils").rglob("*.py"))]:
+        read |= _hyp_keys_read(path)
+    return read
+
+
+def _hyp(name: str) -> dict:
+    return yaml.safe_load((ROOT / "data" / "hyps" / name).read_text())
+
+
+def test_every_key_a_hyp_file_may_set_is_read_or_refused():
+    """A key check_hyp accepts is read by the code, or in NO_EFFECT (accepted with a log line; read by nothing,
+    really) or OFF_ONLY (refused unless 0): none is taken and silently ignored."""
+    read = _code_reads()
+    assert set(KNOWN) - read <= set(NO_EFFECT) | set(OFF_ONLY)
+    assert not set(NO_EFFECT) & read
+    assert {"mosaic9", "paste_in"} <= read
+
+
+@pytest.mark.parametrize("key,message", [("mosiac", r"'mosiac' \(did you mean 'mosaic'\?\)"),
+                                         ("warmup_epoch", r"'warmup_epoch' \(did you mean 'warmup_epochs'\?\)"),
+                                         ("zzz", r"'zzz'; nothing reads them")])
+def test_unknown_hyp_key_is_refused_naming_it(key, message):
+    hyp = {**_hyp("hyp.scratch-low.yaml"), key: 1.0}
+    with pytest.raises(ValueError, match=rf"h.yaml: unknown hyperparameters: {message}.*Known: anchor_t, anchors, box"):
+        check_hyp(hyp, "h.yaml")
+
+
+@pytest.mark.parametrize("key", ["copy_paste", "label_smoothing"])
+def test_off_only_keys_are_refused_above_zero_and_accepted_at_zero(key):
+    hyp = _hyp("hyp.scratch-low.yaml")
+    with pytest.raises(ValueError, match=rf"h.yaml: hyperparameters supported only at 0 \(off\): {key}: 0.1 \("):
+        check_hyp({**hyp, key: 0.1}, "h.yaml")
+    assert check_hyp({**hyp, key: 0}, "h.yaml")[key] == 0
+
+
+def test_iou_t_is_accepted_with_one_line_saying_it_has_no_effect(yolo_logs):
+    check_hyp(_hyp("hyp.scratch-low.yaml"), "low.yaml")
+    lines = [r.getMessage() for r in yolo_logs.records if "iou_t" in r.getMessage()]
+    assert lines == ["low.yaml: iou_t has no effect: " + NO_EFFECT["iou_t"]]
+    yolo_logs.clear()
+    check_hyp({k: v for k, v in _hyp("hyp.scratch-low.yaml").items() if k != "iou_t"}, "low.yaml")
+    assert not [r for r in yolo_logs.records if "iou_t" in r.getMessage()]
+
+
+def test_yolov7_hyp_without_mosaic9_gets_yolov7_share(yolo_logs):
+    """A YOLOv7 file (paste_in, no mosaic9) gets 0.2 with one info line; ours say 0.2; YOLOv5 files keep 0."""
+    v7 = {k: v for k, v in _hyp("hyp.scratch.p5.yaml").items() if k != "mosaic9"}
+    checked = check_hyp(v7, "their.yaml")
+    assert checked["mosaic9"] == YOLOV7_MOSAIC9 == 0.2 and "mosaic9" not in v7  # the caller's dict unchanged
+    lines = [r for r in yolo_logs.records if "mosaic9" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO and "their.yaml" in lines[0].getMessage()
+    yolo_logs.clear()
+    for name in ("hyp.scratch.p5.yaml", "hyp.scratch.tiny.yaml"):
+        assert _hyp(name)["mosaic9"] == 0.2 and check_hyp(_hyp(name), name)["mosaic9"] == 0.2
+    assert "mosaic9" not in check_hyp(_hyp("hyp.scratch-low.yaml"), "low.yaml")  # the dataset's default: 0
+    assert DEFAULTS["mosaic9"] == DEFAULTS["paste_in"] == 0.0
+    assert not [r for r in yolo_logs.records if "mosaic9" in r.getMessage()]
+
+
+def test_evolve_mutates_only_keys_the_training_reads():
+    hyp = check_hyp(_hyp("hyp.scratch.p5.yaml"), "p5.yaml")
+    keys = evolvable_keys(hyp)
+    assert {"mosaic9", "paste_in", "mixup", "lr0"} <= set(keys)
+    assert not {"iou_t", "copy_paste", "loss_ota"} & set(keys)
+    assert set(MUTATION_BOUNDS) <= _code_reads()  # nothing with mutation bounds goes unread
+    parents = np.array([[0.5, 0.5, 0.4 + 0.01 * g, 0.3, 0.05, 0.05, 0.01, *(hyp[k] for k in keys)] for g in range(6)])
+    assert parents.shape[1] == len(RESULT_COLUMNS) + len(keys)
+    changed = set()
+    for g in range(12):
+        child = mutate(parents, keys, hyp, np.random.default_rng([0, g]))
+        assert {k: child[k] for k in hyp if k not in keys} == {k: hyp[k] for k in hyp if k not in keys}
+        changed |= {k for k in keys if child[k] != hyp[k]}
+    assert {"mosaic9", "paste_in", "lr0"} <= changed

@@ -132,23 +132,27 @@ def test_image_weights_follow_class_rarity():
     sampler.set_epoch(5)
     assert list(sampler) == list(sampler)  # a function of (seed, epoch)
     first = list(sampler)
-    assert all(len(p) == 7 and 2 not in p for _, p in first)  # mosaic/mixup companions drawn the same way
+    assert all(len(p) == 17 and 2 not in p for _, p in first)  # mosaic/mixup companions drawn the same way
     with pytest.raises(ValueError, match="not all zero"):
         sampler.set_weights(np.zeros(4))
 
 
-def test_image_weighted_mosaic_uses_the_drawn_companions(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mosaic9", [0.0, 1.0])
+def test_image_weighted_mosaic_uses_the_drawn_companions(mosaic9, tmp_path, monkeypatch):
     root = tmp_path / "shapes"
-    generate_shapes(root, n_train=12, n_val=4, imgsz=64, seed=5)
-    hyp = {**HYP, "mosaic": 1.0, "mixup": 1.0}
+    generate_shapes(root, n_train=24, n_val=4, imgsz=64, seed=5)
+    hyp = {**HYP, "mosaic": 1.0, "mixup": 1.0, "mosaic9": mosaic9}
     loader, dataset = create_dataloader(str(root / "images/train"), 64, 4, 32, hyp=hyp, augment=True, workers=0,
                                         shuffle=True, image_weights=True, rect=True)
     assert not dataset.rect  # --rect gives way to weighted sampling
     seen = []
     original = type(dataset).load_image
     monkeypatch.setattr(type(dataset), "load_image", lambda self, i: seen.append(i) or original(self, i))
-    dataset[(0, 3, (4, 5, 6, 7, 8, 9, 10))]
-    assert sorted(seen) == [3, 4, 5, 6, 7, 8, 9, 10]  # the image, its 3 companions, the mixup image and its 3
+    dataset[(0, 3, tuple(range(4, 21)))]
+    if mosaic9:  # 9-image mosaics: the image, its 8 companions, the mixup image and its 8
+        assert sorted(seen) == list(range(3, 21))
+    else:  # the image, its 3 companions, the mixup image and its 3
+        assert sorted(seen) == [3, 4, 5, 6, 7, 8, 9, 10]
 
 
 def test_image_weights_train_one_epoch_on_coco128(tmp_path):

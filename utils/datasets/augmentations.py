@@ -1,4 +1,5 @@
-"""Image augmentations (YOLOv5 v7.0 semantics): letterbox, HSV jitter, random perspective, mixup.
+"""Image augmentations (YOLOv5 v7.0 semantics): letterbox, HSV jitter, random perspective, mixup; and
+YOLOv7's paste-in.
 
 Every random draw comes from an explicit ``rng: np.random.Generator`` argument, never from the
 global ``random``/``numpy`` state, so a sample's augmentation depends only on the generator it was
@@ -123,3 +124,57 @@ def mixup(im: np.ndarray, labels: np.ndarray, im2: np.ndarray, labels2: np.ndarr
     r = rng.beta(32.0, 32.0)
     im = (im * r + im2 * (1 - r)).astype(np.uint8)
     return im, np.concatenate((labels, labels2), 0)
+
+
+# YOLOv7's paste-in regions: each a fraction of the image side (tried largest first), each skipped with p=0.2
+PASTE_SCALES = (0.75,) * 2 + (0.5,) * 4 + (0.25,) * 4 + (0.125,) * 4 + (0.0625,) * 6
+
+
+def box_ioa(box: np.ndarray, boxes: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Intersection of ``box`` (4,) with each of ``boxes`` (n, 4), over the area of that box of ``boxes`` (xyxy):
+    the share of each box that ``box`` covers."""
+    wh = (np.minimum(box[2:], boxes[:, 2:]) - np.maximum(box[:2], boxes[:, :2])).clip(0)
+    return wh.prod(1) / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + eps)
+
+
+def crop_objects(im: np.ndarray, labels: np.ndarray, rng: np.random.Generator, fraction: float = 0.5) -> list:
+    """``round(fraction * n)`` of the n objects of ``im``, at random, each as ``(cls, pixels of its box)``: YOLOv7's
+    sample_segments for labels without segments, where the object is its whole box (YOLOv7 masks the pixels
+    outside the polygon and, given no polygons, cuts nothing). Boxes are clipped to the image, empty ones skipped."""
+    h, w = im.shape[:2]
+    samples = []
+    for j in rng.choice(len(labels), size=round(fraction * len(labels)), replace=False):
+        x1, x2 = np.clip(labels[j, [1, 3]], 0, w - 1).astype(int)
+        y1, y2 = np.clip(labels[j, [2, 4]], 0, h - 1).astype(int)
+        if x2 > x1 and y2 > y1:
+            samples.append((float(labels[j, 0]), im[y1:y2, x1:x2].copy()))
+    return samples
+
+
+def paste_in(im: np.ndarray, labels: np.ndarray, samples: list, rng: np.random.Generator, max_ioa: float = 0.3):
+    """YOLOv7's paste-in: for each of ``PASTE_SCALES`` (skipped with p=0.2) a random region up to that fraction of
+    the image side; where it is over 20 px a side and covers less than ``max_ioa`` of every box so far (the pasted
+    ones included), a random sample of ``samples`` (``(cls, pixels)``, as from ``crop_objects``) is resized to
+    fit it (aspect kept) and pasted at its top-left corner, when over 10 px a side. ``im`` changes in place;
+    returns ``labels`` (pixel ``[cls, x1, y1, x2, y2]``) with a row for each pasted object."""
+    if not samples:
+        return labels
+    h, w = im.shape[:2]
+    rows = [labels.reshape(-1, 5)]
+    for scale in PASTE_SCALES:
+        if rng.random() < 0.2:
+            continue
+        mh, mw = (int(rng.integers(1, max(1, int(side * scale)), endpoint=True)) for side in (h, w))
+        x1 = max(0, int(rng.integers(0, w, endpoint=True)) - mw // 2)
+        y1 = max(0, int(rng.integers(0, h, endpoint=True)) - mh // 2)
+        x2, y2 = min(w, x1 + mw), min(h, y1 + mh)
+        boxes = np.concatenate(rows, 0)
+        if x2 <= x1 + 20 or y2 <= y1 + 20 or (box_ioa(np.array([x1, y1, x2, y2]), boxes[:, 1:5]) >= max_ioa).any():
+            continue
+        cls, crop = samples[int(rng.integers(len(samples)))]
+        r = min((y2 - y1) / crop.shape[0], (x2 - x1) / crop.shape[1])
+        rw, rh = int(crop.shape[1] * r), int(crop.shape[0] * r)
+        if rw > 10 and rh > 10:
+            im[y1:y1 + rh, x1:x1 + rw] = cv2.resize(crop, (rw, rh))
+            rows.append(np.array([[cls, x1, y1, x1 + rw, y1 + rh]], dtype=rows[0].dtype))
+    return np.concatenate(rows, 0)

@@ -19,13 +19,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from utils.datasets.augmentations import augment_hsv, letterbox, mixup, random_perspective
+from utils.datasets.augmentations import (augment_hsv, crop_objects, letterbox, mixup, paste_in,
+                                         random_perspective)
+from utils.datasets.mosaic import compose, mosaic4_corners, mosaic9_corners
 from utils.general import LOGGER
 from utils.hyperparameters import AUGMENTATION_DEFAULTS
 from utils.datasets.label_cache import (IMG_FORMATS, NUM_THREADS, fallback_cache_dir, img2label_paths, load_verified_labels,
                                report_labels, short_hash, summarize, writable_dir)
 from utils.ops import xywhn2xyxy, xyxy2xywhn
 from utils.textfiles import read_list
+
+PASTE_SAMPLES, PASTE_SOURCES = 30, 16  # paste_in's objects: at least this many, from at most this many images
 
 
 def list_image_files(path, prefix: str = "") -> list[str]:
@@ -54,24 +58,6 @@ def list_image_files(path, prefix: str = "") -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------------------------
-
-def _mosaic_placement(i: int, xc: int, yc: int, w: int, h: int, s: int):
-    """Where tile i (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) goes in the 2s x 2s
-    canvas (a) and which part of the image fills it (b); tiles meet at the centre (xc, yc)."""
-    if i == 0:
-        a = max(xc - w, 0), max(yc - h, 0), xc, yc
-        b = w - (a[2] - a[0]), h - (a[3] - a[1]), w, h
-    elif i == 1:
-        a = xc, max(yc - h, 0), min(xc + w, s * 2), yc
-        b = 0, h - (a[3] - a[1]), min(w, a[2] - a[0]), h
-    elif i == 2:
-        a = max(xc - w, 0), yc, xc, min(s * 2, yc + h)
-        b = w - (a[2] - a[0]), 0, w, min(a[3] - a[1], h)
-    else:
-        a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
-        b = 0, 0, min(w, a[2] - a[0]), min(a[3] - a[1], h)
-    return a, b
-
 
 class LoadImagesAndLabels(Dataset):
     """YOLO-format detection dataset. ``__getitem__`` returns (uint8 CHW RGB tensor, (n, 6) labels
@@ -224,25 +210,54 @@ class LoadImagesAndLabels(Dataset):
     def load_mosaic(self, index: int, rng: np.random.Generator, companions=None):
         """4 images around a random centre in a 2s x 2s canvas, then random_perspective crops to s x s.
         The 3 companions are random images unless given."""
-        s, hyp = self.img_size, self.hyp
+        s = self.img_size
         yc, xc = (int(rng.uniform(-x, 2 * s + x)) for x in self.mosaic_border)
         companions = companions if companions else rng.integers(0, len(self), size=3)
-        indices = rng.permutation([index, *companions])
-        img4 = np.full((s * 2, s * 2, 3), 114, dtype=np.uint8)
-        labels4 = []
-        for i, idx in enumerate(indices):
-            img, _, (h, w) = self.load_image(int(idx))
-            (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_placement(i, xc, yc, w, h, s)
-            img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
-            labels = self.labels[idx].copy()
-            if labels.size:
-                labels[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h, x1a - x1b, y1a - y1b)
-            labels4.append(labels)
-        labels4 = np.concatenate(labels4, 0)
-        labels4[:, 1:] = labels4[:, 1:].clip(0, 2 * s)
-        return random_perspective(img4, labels4, degrees=hyp["degrees"], translate=hyp["translate"],
-                                  scale=hyp["scale"], shear=hyp["shear"], perspective=hyp["perspective"],
-                                  border=self.mosaic_border, rng=rng)
+        indices = [int(i) for i in rng.permutation([index, *companions])]
+        images = [self.load_image(i)[0] for i in indices]
+        img, labels = compose(images, [self.labels[i] for i in indices],
+                              mosaic4_corners([im.shape[:2] for im in images], xc, yc), 2 * s)
+        return self._warp(img, labels, self.mosaic_border, rng)
+
+    def load_mosaic9(self, index: int, rng: np.random.Generator, companions=None):
+        """YOLOv7's 9-image mosaic: the image in the centre of a 3s x 3s layout, 8 others around it, a random
+        2s x 2s window of it, then random_perspective crops to s x s. The 8 companions are random unless given."""
+        s = self.img_size
+        companions = companions if companions is not None and len(companions) == 8 else rng.integers(0, len(self), 8)
+        indices = [int(index), *(int(i) for i in companions)]
+        xc, yc = (int(rng.uniform(0, s)) for _ in range(2))
+        images = [self.load_image(i)[0] for i in indices]
+        img, labels = compose(images, [self.labels[i] for i in indices],
+                              mosaic9_corners([im.shape[:2] for im in images], s, xc, yc), 2 * s)
+        return self._warp(img, labels, self.mosaic_border, rng)
+
+    def _any_mosaic(self, index: int, rng: np.random.Generator, companions=None):
+        """A 9-image mosaic for a ``mosaic9`` share of the mosaics (YOLOv7's 0.2), else a 4-image one; ``companions``:
+        the 8 a 9-image mosaic takes, of which a 4-image one takes the first 3. Draws nothing when mosaic9 is 0."""
+        share = self.hyp["mosaic9"]
+        if share and rng.random() < share:
+            return self.load_mosaic9(index, rng, companions)
+        return self.load_mosaic(index, rng, companions and companions[:3])
+
+    def _warp(self, img, labels, border, rng: np.random.Generator):
+        hyp = self.hyp
+        return random_perspective(img, labels, degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"],
+                                  shear=hyp["shear"], perspective=hyp["perspective"], border=border, rng=rng)
+
+    def _paste_samples(self, rng: np.random.Generator) -> list:
+        """Objects for paste_in: half the objects (at random) of random training images at mosaic-tile scale, until
+        there are ``PASTE_SAMPLES`` or ``PASTE_SOURCES`` images were drawn (YOLOv7 cuts them from 4-image mosaics,
+        whose random borders cut objects in parts; whole images keep them whole)."""
+        samples = []
+        for i in rng.integers(0, len(self), PASTE_SOURCES):
+            if len(samples) >= PASTE_SAMPLES:
+                break
+            if len(self.labels[i]):
+                im, _, (h, w) = self.load_image(int(i))
+                labels = self.labels[i].copy()
+                labels[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h)
+                samples += crop_objects(im, labels, rng)
+        return samples
 
     def _load_letterboxed(self, index: int, rng: np.random.Generator):
         img, (h0, w0), (h, w) = self.load_image(index)
@@ -254,15 +269,19 @@ class LoadImagesAndLabels(Dataset):
         if labels.size:
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, padw=pad[0], padh=pad[1])
         if self.augment:
-            hyp = self.hyp
-            img, labels = random_perspective(img, labels, degrees=hyp["degrees"], translate=hyp["translate"],
-                                             scale=hyp["scale"], shear=hyp["shear"],
-                                             perspective=hyp["perspective"], rng=rng)
+            img, labels = self._warp(img, labels, (0, 0), rng)
         return img, labels, shapes
 
-    def _color_and_flip(self, img, labels, rng: np.random.Generator):
+    def _color_and_paste(self, img, labels, rng: np.random.Generator):
+        """HSV jitter, then YOLOv7's paste_in with probability ``paste_in`` (no draw when it is 0); pixel labels."""
         hyp = self.hyp
         augment_hsv(img, hgain=hyp["hsv_h"], sgain=hyp["hsv_s"], vgain=hyp["hsv_v"], rng=rng)
+        if hyp["paste_in"] and rng.random() < hyp["paste_in"]:
+            labels = paste_in(img, labels, self._paste_samples(rng), rng)
+        return labels
+
+    def _flip(self, img, labels, rng: np.random.Generator):
+        hyp = self.hyp
         if rng.random() < hyp["flipud"]:
             img = np.flipud(img)
             labels[:, 2] = 1 - labels[:, 2]
@@ -278,18 +297,21 @@ class LoadImagesAndLabels(Dataset):
         epoch, index, partners = (*index, None)[:3] if isinstance(index, tuple) else (self.epoch, index, None)
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])  # the sample's only randomness
         if self.mosaic and rng.random() < self.hyp["mosaic"]:
-            img, labels = self.load_mosaic(index, rng, partners and partners[:3])
+            own, other, others = ImageWeightSampler.split_partners(partners)
+            img, labels = self._any_mosaic(index, rng, own)
             shapes = None
             if rng.random() < self.hyp["mixup"]:
-                other = partners[3] if partners else int(rng.integers(len(self)))
-                img, labels = mixup(img, labels, *self.load_mosaic(other, rng, partners and partners[4:7]), rng=rng)
+                other = other if partners else int(rng.integers(len(self)))
+                img, labels = mixup(img, labels, *self._any_mosaic(other, rng, others), rng=rng)
         else:
             img, labels, shapes = self._load_letterboxed(index, rng)
+        if self.augment:
+            labels = self._color_and_paste(img, labels, rng)
         labels = labels.astype(np.float32)
         if len(labels):
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)
         if self.augment:
-            img, labels = self._color_and_flip(img, labels, rng)
+            img, labels = self._flip(img, labels, rng)
         labels_out = torch.zeros((len(labels), 6))
         if len(labels):
             labels_out[:, 1:] = torch.from_numpy(np.ascontiguousarray(labels))
@@ -333,7 +355,9 @@ class ImageWeightSampler(Sampler):
     draws those from its weighted index list too). The draws are a function of (seed, epoch, weights), made
     in the main process, so persistent workers never need the weights."""
 
-    PARTNERS = 7  # 3 mosaic companions, a mixup image and its 3 companions
+    # 3 mosaic companions, a mixup image and its 3 companions, then 5 more companions for each should its mosaic
+    # take 9 images (drawn after the first 7, so a 4-image mosaic's draws do not depend on mosaic9)
+    PARTNERS = 7 + 2 * 5
 
     def __init__(self, n: int, seed: int = 0):
         self.n, self.seed, self.epoch = n, seed, 0
@@ -351,8 +375,17 @@ class ImageWeightSampler(Sampler):
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         p = self.weights / self.weights.sum()
-        draws = rng.choice(self.n, size=(self.n, 1 + self.PARTNERS), p=p)
+        draws = rng.choice(self.n, size=(self.n, 8), p=p)
+        draws = np.concatenate((draws, rng.choice(self.n, size=(self.n, self.PARTNERS - 7), p=p)), 1)
         return iter((int(row[0]), tuple(int(i) for i in row[1:])) for row in draws)
+
+    @staticmethod
+    def split_partners(partners):
+        """``(own companions, mixup image, its companions)`` from a sample's partners (all None without them); the
+        companions are 8, of which a 4-image mosaic takes the first 3."""
+        if not partners:
+            return None, None, None
+        return (*partners[:3], *partners[7:12]), partners[3], (*partners[4:7], *partners[12:17])
 
     def __len__(self):
         return self.n

@@ -24,21 +24,27 @@ from utils.general import LOGGER
 from utils.evaluation.metrics import fitness
 from utils.training.train_config import TrainConfig, require_config
 
-# YOLOv5 v7.0's (mutation gain, lower limit, upper limit); a gain of 0 keeps the value fixed
+# YOLOv5 v7.0's (mutation gain, lower limit, upper limit); a gain of 0 keeps the value fixed. Only keys the
+# training reads: not iou_t (nothing reads it) nor copy_paste (only 0 is accepted); YOLOv7's mosaic9 and paste_in
 MUTATION_BOUNDS = {
     "lr0": (1, 1e-5, 1e-1), "lrf": (1, 0.01, 1.0), "momentum": (0.3, 0.6, 0.98), "weight_decay": (1, 0.0, 0.001),
     "warmup_epochs": (1, 0.0, 5.0), "warmup_momentum": (1, 0.0, 0.95), "warmup_bias_lr": (1, 0.0, 0.2),
     "box": (1, 0.02, 0.2), "cls": (1, 0.2, 4.0), "cls_pw": (1, 0.5, 2.0), "obj": (1, 0.2, 4.0),
-    "obj_pw": (1, 0.5, 2.0), "iou_t": (0, 0.1, 0.7), "anchor_t": (1, 2.0, 8.0), "anchors": (2, 2.0, 10.0),
+    "obj_pw": (1, 0.5, 2.0), "anchor_t": (1, 2.0, 8.0), "anchors": (2, 2.0, 10.0),
     "fl_gamma": (0, 0.0, 2.0), "hsv_h": (1, 0.0, 0.1), "hsv_s": (1, 0.0, 0.9), "hsv_v": (1, 0.0, 0.9),
     "degrees": (1, 0.0, 45.0), "translate": (1, 0.0, 0.9), "scale": (1, 0.0, 0.9), "shear": (1, 0.0, 10.0),
     "perspective": (0, 0.0, 0.001), "flipud": (1, 0.0, 1.0), "fliplr": (0, 0.0, 1.0), "mosaic": (1, 0.0, 1.0),
-    "mixup": (1, 0.0, 1.0), "copy_paste": (1, 0.0, 1.0),
+    "mixup": (1, 0.0, 1.0), "mosaic9": (1, 0.0, 1.0), "paste_in": (1, 0.0, 1.0),
 }
 RESULT_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
                   "val/box_loss", "val/obj_loss", "val/cls_loss")
 PARENTS = 5  # the best rows a parent is chosen from
 MUTATION_PROBABILITY, MUTATION_SIGMA = 0.8, 0.2
+
+
+def evolvable_keys(hyp: dict) -> list[str]:
+    """The keys of ``hyp`` that evolution mutates (and ``evolve.csv`` has columns for), in ``hyp``'s order."""
+    return [k for k in hyp if k in MUTATION_BOUNDS]
 
 
 def read_evolve_csv(file: Path, keys: list[str]) -> np.ndarray:
@@ -139,10 +145,10 @@ def evolve(config: TrainConfig, hyp: dict, data: dict, device, rank: int = -1) -
 
     require_config(config, "evolve")
     save_dir = Path(config.save_dir)
-    keys = [k for k in hyp if k in MUTATION_BOUNDS]
-    unknown = sorted(set(hyp) - set(MUTATION_BOUNDS))
-    if unknown:
-        LOGGER.info(f"evolve: kept fixed (no mutation bounds): {', '.join(unknown)}")
+    keys = evolvable_keys(hyp)
+    fixed = [k for k in hyp if k not in keys]
+    if fixed:
+        LOGGER.info(f"evolve: kept fixed (no mutation bounds): {', '.join(fixed)}")
     csv_file, yaml_file = save_dir / "evolve.csv", save_dir / "hyp_evolve.yaml"
     done = len(read_evolve_csv(csv_file, keys))
     if done:
