@@ -1,8 +1,21 @@
 """Small helpers shared by the tests: error measures and test-only model set-up."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """The script tools/<name>.py as a module (tools/ is not a package), e.g. for the inputs a fixture was made from."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rel_error(reference: torch.Tensor, other: torch.Tensor) -> float:

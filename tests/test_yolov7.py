@@ -212,7 +212,8 @@ def test_yaml_payload_never_runs(tmp_path):
 # --- hyperparameters -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,lrf,obj,mixup", [("hyp.scratch.tiny.yaml", 0.01, 1.0, 0.05),
-                                                ("hyp.scratch.p5.yaml", 0.1, 0.7, 0.15)])
+                                                ("hyp.scratch.p5.yaml", 0.1, 0.7, 0.15),
+                                                ("hyp.scratch.p6.yaml", 0.2, 0.7, 0.15)])
 def test_yolov7_hyperparameters(name, lrf, obj, mixup):
     path = ROOT / "data" / "hyps" / name
     hyp = yaml.safe_load(path.read_text())

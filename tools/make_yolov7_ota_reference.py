@@ -1,8 +1,11 @@
-"""Regenerate tests/data/yolov7_ota_reference.pt with YOLOv7's own ComputeLossOTA.
+"""Regenerate tests/data/yolov7_ota_reference.pt with YOLOv7's own ComputeLossOTA, and
+tests/data/yolov7_aux_ota_reference.pt with its ComputeLossAuxOTA (``--loss aux``).
 
-Run from the repo root::
+Run from the repo root (the system Python with torch, torchvision, yaml, matplotlib, pandas and scipy
+imports YOLOv7's code as it is; no separate environment is needed)::
 
     python tools/make_yolov7_ota_reference.py [--yolov7 /tmp/yolov7_b] [--out tests/data/yolov7_ota_reference.pt]
+    python tools/make_yolov7_ota_reference.py --loss aux [--yolov7 /tmp/yolov7_b]
 
 How YOLOv7's code is run (nothing in it is edited):
 
@@ -22,6 +25,14 @@ How YOLOv7's code is run (nothing in it is edited):
 
 The fixture holds, per case: the inputs (seed, shapes, targets, hyp, anchors, strides), YOLOv7's loss and
 loss items, and its matches per level (image, anchor, gj, gi, matched target rows, anchors).
+
+The auxiliary-head fixture (``AUX_CASES``) is made the same way with data/hyp.scratch.p6.yaml (what YOLOv7's
+train_aux.py trains with), ``2 * nl`` seeded maps (the lead maps, then the auxiliary maps) and two of YOLOv7's
+models: ``cfg/training/yolov7-w6.yaml`` (IAuxDetect, four levels, strides 8-64, P6 anchors) and, for three
+levels, ``yolov7-tiny.yaml`` (YOLOv7 cannot build a three-level IAuxDetect: its stride probe reads four maps;
+the loss reads only the head's anchors, strides, na, nc and nl). Per case it also holds the matches of all
+``2 * nl`` maps (``build_targets`` then ``build_targets2``) and, per map, the absolute sum and the sum of squares
+of the loss's gradient with respect to the map.
 """
 from __future__ import annotations
 
@@ -67,6 +78,24 @@ CASES = {
 }
 
 
+# The auxiliary-head loss: three levels (YOLOv7-tiny's geometry) and four (YOLOv7-W6's), each with many
+# targets, with targets on or near the borders (one centre exactly on the right border: its cell and its
+# left neighbour coincide after clamping), and with an image without targets.
+_BORDERS = [[0, 2, 0.02, 0.03, 0.04, 0.05], [0, 5, 0.97, 0.50, 0.06, 0.50], [0, 79, 0.50, 0.985, 0.90, 0.03],
+            [0, 40, 0.99, 0.01, 0.02, 0.02], [0, 4, 1.0, 0.40, 0.05, 0.10], [0, 62, 0.50, 0.50, 0.98, 0.98]]
+AUX_CASES = {
+    "tiny_aux_160": dict(cfg="yolov7-tiny.yaml", seed=3, bs=2, imgsz=160, fl_gamma=0.0, label_smoothing=0.0,
+                         targets=CASES["tiny_160"]["targets"]),
+    "tiny_aux_crowded_96": dict(cfg="yolov7-tiny.yaml", seed=4, bs=3, imgsz=96, fl_gamma=1.5, label_smoothing=0.1,
+                                targets=[[1, *t[1:]] for t in CASES["crowded_96"]["targets"]]
+                                + [[2, *t[1:]] for t in _BORDERS]),  # image 0 has no targets
+    "w6_aux_256": dict(cfg="yolov7-w6.yaml", seed=5, bs=2, imgsz=256, fl_gamma=0.0, label_smoothing=0.0,
+                       targets=CASES["crowded_96"]["targets"] + [[1, *t[1:]] for t in _BORDERS]),
+    "w6_aux_128": dict(cfg="yolov7-w6.yaml", seed=6, bs=3, imgsz=128, fl_gamma=1.5, label_smoothing=0.1,
+                       targets=CASES["focal_smooth_128"]["targets"] + [[2, *t[1:]] for t in _BORDERS]),  # 1: none
+}
+
+
 def seeded_predictions(seed: int, bs: int, imgsz: int, strides, na: int = 3, nc: int = NC) -> list[torch.Tensor]:
     """Raw head outputs ``(bs, na, ny, nx, nc + 5)`` per level that look like a partly trained detector's:
     box logits around 0, objectness mostly low, class logits low with a spread."""
@@ -85,6 +114,11 @@ def seeded_predictions(seed: int, bs: int, imgsz: int, strides, na: int = 3, nc:
 def fingerprint(preds: list[torch.Tensor]) -> list[float]:
     """Per-level sum and sum of squares: catches a change in torch's random stream."""
     return [v for p in preds for v in (float(p.double().sum()), float(p.double().square().sum()))]
+
+
+def grad_fingerprint(preds: list[torch.Tensor]) -> list[float]:
+    """Per map, the absolute sum and the sum of squares of its gradient."""
+    return [v for p in preds for v in (float(p.grad.double().abs().sum()), float(p.grad.double().square().sum()))]
 
 
 def ensure_working_copy(path: Path) -> None:
@@ -114,21 +148,21 @@ def _yolov7_imports(path: Path):
         sys.modules.update(ours)
 
 
-def load_yolov7(path: Path = Path("/tmp/yolov7_b")):
-    """YOLOv7's ``(Model, ComputeLossOTA, hyp dict of hyp.scratch.tiny.yaml)`` from a working copy."""
+def load_yolov7(path: Path = Path("/tmp/yolov7_b"), loss: str = "ComputeLossOTA", hyp: str = "hyp.scratch.tiny.yaml"):
+    """YOLOv7's ``(Model, its loss class named loss, hyp dict of data/<hyp>)`` from a working copy."""
     import yaml
 
     ensure_working_copy(path)
     with _yolov7_imports(path):
         from models.yolo import Model
-        from utils.loss import ComputeLossOTA  # YOLOv7's own layout, not this repository's
-    hyp = yaml.safe_load((path / "data" / "hyp.scratch.tiny.yaml").read_text())
-    return Model, ComputeLossOTA, hyp
+        from utils import loss as loss_module  # YOLOv7's own layout, not this repository's
+    hyp_dict = yaml.safe_load((path / "data" / hyp).read_text())
+    return Model, getattr(loss_module, loss), hyp_dict
 
 
-def yolov7_model(Model, path: Path, hyp: dict, imgsz: int, nc: int = NC):
-    """YOLOv7-tiny with ``hyp`` scaled as YOLOv7's train.py scales it, attached as ``model.hyp``."""
-    model = Model(str(path / "cfg" / "training" / "yolov7-tiny.yaml"), ch=3, nc=nc)
+def yolov7_model(Model, path: Path, hyp: dict, imgsz: int, nc: int = NC, cfg: str = "yolov7-tiny.yaml"):
+    """YOLOv7's model of ``cfg`` with ``hyp`` scaled as YOLOv7's train.py scales it, attached as ``model.hyp``."""
+    model = Model(str(path / "cfg" / "training" / cfg), ch=3, nc=nc)
     nl = model.model[-1].nl
     hyp = dict(hyp)
     hyp["box"] *= 3.0 / nl
@@ -147,23 +181,51 @@ def run_case(Model, ComputeLossOTA, path: Path, base_hyp: dict, case: dict) -> d
     imgs = torch.zeros(case["bs"], 3, case["imgsz"], case["imgsz"])
     loss_fn = ComputeLossOTA(model)
     loss, items = loss_fn([p.clone() for p in preds], targets, imgs)
-    bs_, as_, gjs, gis, tgts, anchs = loss_fn.build_targets(preds, targets, imgs)
-    matches = [dict(b=b, a=a, gj=gj, gi=gi, targets=t.float(), anchors=an.float())
-               for b, a, gj, gi, t, an in zip(bs_, as_, gjs, gis, tgts, anchs)]
+    matches = _match_dicts(loss_fn.build_targets(preds, targets, imgs))
     return dict(seed=case["seed"], bs=case["bs"], imgsz=case["imgsz"], targets=targets, hyp=model.hyp,
                 anchors=det.anchors.clone(), stride=det.stride.clone(), fingerprint=fingerprint(preds),
                 loss=loss.detach().clone(), loss_items=items.clone(), matches=matches)
+
+
+def _match_dicts(built) -> list[dict]:
+    """YOLOv7's ``build_targets`` result as one dict per map."""
+    return [dict(b=b, a=a, gj=gj, gi=gi, targets=t.float(), anchors=an.float()) for b, a, gj, gi, t, an in zip(*built)]
+
+
+def run_aux_case(Model, ComputeLossAuxOTA, path: Path, base_hyp: dict, case: dict) -> dict:
+    """YOLOv7's ComputeLossAuxOTA on ``2 * nl`` seeded maps: loss, items, matches and gradient fingerprints."""
+    hyp = dict(base_hyp, fl_gamma=case["fl_gamma"], label_smoothing=case["label_smoothing"])
+    model = yolov7_model(Model, path, hyp, case["imgsz"], cfg=case["cfg"])
+    det = model.model[-1]
+    preds = seeded_predictions(case["seed"], case["bs"], case["imgsz"], det.stride.tolist() * 2, det.na, det.nc)
+    targets = torch.tensor(case["targets"], dtype=torch.float32)
+    imgs = torch.zeros(case["bs"], 3, case["imgsz"], case["imgsz"])
+    loss_fn = ComputeLossAuxOTA(model)
+    inputs = [p.clone().requires_grad_() for p in preds]
+    loss, items = loss_fn(inputs, targets, imgs)
+    loss.backward()
+    lead = _match_dicts(loss_fn.build_targets(preds[:det.nl], targets, imgs))
+    aux = _match_dicts(loss_fn.build_targets2(preds[:det.nl], targets, imgs))
+    return dict(cfg=case["cfg"], seed=case["seed"], bs=case["bs"], imgsz=case["imgsz"], targets=targets,
+                hyp=model.hyp, anchors=det.anchors.clone(), stride=det.stride.clone(), head=type(det).__name__,
+                fingerprint=fingerprint(preds), loss=loss.detach().clone(), loss_items=items.clone(),
+                matches=lead + aux, grad=grad_fingerprint(inputs))
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--yolov7", type=Path, default=Path("/tmp/yolov7_b"), help="YOLOv7 working copy (made if absent)")
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "yolov7_ota_reference.pt")
+    ap.add_argument("--loss", choices=("ota", "aux"), default="ota", help="ComputeLossOTA or ComputeLossAuxOTA")
+    ap.add_argument("--out", type=Path, help="default tests/data/yolov7_ota_reference.pt (aux: yolov7_aux_ota_...)")
     opt = ap.parse_args(argv)
-    Model, ComputeLossOTA, base_hyp = load_yolov7(opt.yolov7)
+    aux = opt.loss == "aux"
+    opt.out = opt.out or ROOT / "tests" / "data" / ("yolov7_aux_ota_reference.pt" if aux else "yolov7_ota_reference.pt")
+    Model, loss_cls, base_hyp = (load_yolov7(opt.yolov7, "ComputeLossAuxOTA", "hyp.scratch.p6.yaml") if aux
+                                 else load_yolov7(opt.yolov7))
     commit = subprocess.run(["git", "-C", str(MIRROR), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cases = {name: run_case(Model, ComputeLossOTA, opt.yolov7, base_hyp, case) for name, case in CASES.items()}
+    run = run_aux_case if aux else run_case
+    cases = {name: run(Model, loss_cls, opt.yolov7, base_hyp, case) for name, case in (AUX_CASES if aux else CASES).items()}
     torch.save(dict(yolov7_commit=commit, torch=str(torch.__version__), cases=cases), opt.out)
     for name, c in cases.items():
         LOGGER.info(f"{name}: loss {c['loss'].tolist()} items {c['loss_items'].tolist()} "

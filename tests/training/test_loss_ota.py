@@ -1,7 +1,6 @@
 """ComputeLossOTA: equal to YOLOv7's own ComputeLossOTA (recorded fixture), and usable in training."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import load_tool
 from models.yolo import Model
 from utils.training.loss import ComputeLoss
 from utils.training.loss_ota import ComputeLossOTA, batched_box_iou, first_k_cheapest, pixel_boxes
@@ -17,17 +17,7 @@ from utils.ops import box_iou
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "data" / "yolov7_ota_reference.pt"
 MATCH_KEYS = ("b", "a", "gj", "gi", "targets", "anchors")
-
-
-def _reference_tool():
-    """tools/make_yolov7_ota_reference.py, for the seeded predictions the fixture was made from."""
-    spec = importlib.util.spec_from_file_location("make_yolov7_ota_reference", ROOT / "tools" / "make_yolov7_ota_reference.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TOOL = _reference_tool()
+TOOL = load_tool("make_yolov7_ota_reference")  # the seeded predictions the fixture was made from
 REFERENCE = torch.load(FIXTURE, weights_only=True)
 
 
@@ -253,7 +243,9 @@ def test_reference_tool_loads_yolov7s_own_loss(tmp_path):
             f"spec = importlib.util.spec_from_file_location('tool', {str(ROOT / 'tools' / 'make_yolov7_ota_reference.py')!r}); "
             "tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool); "
             f"Model, OTA7, hyp = tool.load_yolov7(Path({str(tmp_path / 'yolov7')!r})); "
-            "print(OTA7.__module__, OTA7.__name__, 'anchor_t' in hyp)")
+            "print(OTA7.__module__, OTA7.__name__, 'anchor_t' in hyp); "
+            f"_, AUX7, hyp6 = tool.load_yolov7(Path({str(tmp_path / 'yolov7')!r}), 'ComputeLossAuxOTA', 'hyp.scratch.p6.yaml'); "
+            "print(AUX7.__module__, AUX7.__name__, hyp6['lrf'])")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["utils.loss", "ComputeLossOTA", "True"]
+    assert done.stdout.split() == ["utils.loss", "ComputeLossOTA", "True", "utils.loss", "ComputeLossAuxOTA", "0.2"]

@@ -172,7 +172,8 @@ class DetectionLoss:
     Subclasses may also set: ``scatter_objectness`` (which score a cell matched twice gets), ``gr`` (objectness
     target = ``(1 - gr) + gr * IoU``) and ``head_weights``: the weight of each head's maps, for a model with
     auxiliary heads whose maps follow the lead head's (``preds`` = lead levels, then each auxiliary head's);
-    per level the heads' losses are added in head order.
+    per level the heads' losses are added in head order, each head's objectness with the level's balance
+    (under autobalance, only the lead head's objectness moves it).
     """
 
     gr = 1.0
@@ -213,7 +214,7 @@ class DetectionLoss:
         matches = self.assign(preds, targets, imgs)
         lbox = lobj = lcls = preds[0].new_zeros(())
         for i in range(self.nl):
-            level_obj = None
+            level_obj = lead_obj = None
             for h, weight in enumerate(self.head_weights):
                 box, obji, cls = self._map_loss(preds[i + h * self.nl], matches[i + h * self.nl])
                 if box is not None:
@@ -222,9 +223,11 @@ class DetectionLoss:
                     lcls = lcls + _weighted(cls, weight)
                 obj = _weighted(obji, weight) * self.balance[i]
                 level_obj = obj if level_obj is None else level_obj + obj
-                if self.autobalance and h == 0:  # slowly move each level's weight towards 1 / its loss
-                    self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
+                lead_obj = obji if h == 0 else lead_obj
             lobj = lobj + level_obj
+            if self.autobalance:  # slowly move each level's weight towards 1 / its lead map's loss, once every
+                # head used the old weight (YOLOv7's aux loss)
+                self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / lead_obj.detach().item()
         if self.autobalance:
             self.balance = [x / self.balance[self.ssi] for x in self.balance]
         lbox, lobj, lcls = lbox * self.hyp["box"], lobj * self.hyp["obj"], lcls * self.hyp["cls"]

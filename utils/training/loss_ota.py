@@ -14,7 +14,7 @@ Same values as YOLOv7, computed differently (tests/training/test_loss_ota.py che
 
 - YOLOv7 loops over images and, inside, over targets (one ``topk`` each). Here all images are padded into
   one ``(images, max targets, max candidates)`` cost tensor and every target's ``k`` cheapest come from one
-  batched ``topk`` (``k <= 10`` because IoUs are at most 1). Only a target whose k-th and (k+1)-th cheapest
+  batched ``topk`` (``k <= topk_iou`` because IoUs are at most 1). Only a target whose k-th and (k+1)-th cheapest
   candidates cost the same (one cell reached through two targets' neighbourhoods) gets YOLOv7's own
   per-target ``topk``, so that the equal candidate kept is the one YOLOv7 keeps on that device (CPU and
   CUDA ``topk`` choose differently among equal values).
@@ -30,10 +30,11 @@ Same values as YOLOv7, computed differently (tests/training/test_loss_ota.py che
 
 The call and result are every loss's here: ``loss(preds, targets, imgs) -> (loss, [box, obj, cls])`` with a
 scalar ``loss``; YOLOv7 returns a ``(1,)`` loss and a fourth item, the unscaled total (``loss / batch size``).
-YOLOv7's auxiliary-head loss (``ComputeLossAuxOTA``) fits as a subclass that overrides ``assign`` only, with
-``topk_iou = 20`` and ``head_weights = (1.0, 0.25)``: the lead maps get ``dynamic_k_matches`` over the
-three-cell candidates, the auxiliary maps over the five-cell ones (``neighbour_cell_matches(margin=1.0)``),
-both costed on the lead head's predictions.
+YOLOv7's auxiliary-head loss (``ComputeLossAuxOTA``, for heads with ``heads == 2`` such as YOLOv7-W6's) is a
+subclass that overrides ``assign`` only, with ``topk_iou = 20`` and ``head_weights = (1.0, 0.25)``: the lead maps
+get ``dynamic_k_matches`` over the three-cell candidates, the auxiliary maps over the five-cell ones
+(``neighbour_cell_matches(margin=1.0)``), both costed on the lead head's predictions
+(tests/training/test_loss_ota_aux.py checks it against YOLOv7's own code).
 One deliberate difference: target boxes are scaled to pixels by the image's width and height, where
 YOLOv7 multiplies x and w by the height too (identical for square training images, wrong for rectangular).
 """
@@ -44,10 +45,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert
 
-from utils.training.loss import ComputeLoss, Matches, scatter_last
+from utils.training.loss import ComputeLoss, Matches, neighbour_cell_matches, scatter_last
 from utils.ops import decode_boxes
 
-TOPK_IOU = 10  # a target's k is the sum of its best 10 IoUs, so never more than 10 (YOLOv7's aux-head loss: 20)
+TOPK_IOU = 10  # a target's k is the sum of its best 10 IoUs, so never more than 10
+TOPK_IOU_AUX = 20  # YOLOv7's auxiliary-head loss: the best 20, for the lead maps too
+AUX_WEIGHT = 0.25  # YOLOv7's weight of the auxiliary maps' box, objectness and class losses
 IOU_COST = 3.0  # weight of -log(IoU) against the class BCE in the cost
 LOG_EPS = 1e-8
 
@@ -116,17 +119,21 @@ class ComputeLossOTA(ComputeLoss):
         if hyp is None:
             hyp = getattr(model, "hyp", None)
             if hyp is None:
-                raise ValueError("ComputeLossOTA needs hyp: pass it or set model.hyp")
+                raise ValueError(f"{type(self).__name__} needs hyp: pass it or set model.hyp")
         super().__init__(model, hyp, autobalance)
         self.gr = float(getattr(model, "gr", self.gr))  # YOLOv7 reads the objectness IoU ratio off the model
 
     def assign(self, preds: list[Tensor], targets: Tensor, imgs: Tensor | None) -> list[Matches]:
         """OTA matches per level, in YOLOv7's order (image by image; within an image, candidate order)."""
+        targets = self._checked_targets(preds, targets, imgs)
+        return self.dynamic_k_matches(preds, targets, imgs, self.three_cell_matches(preds, targets))
+
+    def _checked_targets(self, preds: list[Tensor], targets: Tensor, imgs: Tensor | None) -> Tensor:
+        """``targets`` in float32 on the predictions' device, after checking that the images (for their size) were given."""
         if imgs is None:
             raise ValueError(f"{type(self).__name__} needs the batch images (imgs): the OTA cost compares boxes in "
                              "pixels of the images' size; call loss(preds, targets, imgs)")
-        targets = targets.to(device=preds[0].device, dtype=torch.float32)
-        return self.dynamic_k_matches(preds, targets, imgs, self.three_cell_matches(preds, targets))
+        return targets.to(device=preds[0].device, dtype=torch.float32)
 
     @torch.no_grad()  # YOLOv7 records a graph here it never uses
     def dynamic_k_matches(self, preds: list[Tensor], targets: Tensor, imgs: Tensor,
@@ -205,3 +212,22 @@ class ComputeLossOTA(ComputeLoss):
         tcls = torch.zeros(bs, g_max, dtype=torch.long, device=logit.device).index_put_(t_index, cls)
         rows, cols = cand[:, None, :].expand(-1, g_max, -1), tcls[:, :, None].expand(-1, -1, c_max)
         return neg.sum(1)[rows] - logit[rows, cols]  # the target class: BCE(x, 1) - BCE(x, 0) = -x
+
+
+class ComputeLossAuxOTA(ComputeLossOTA):
+    """YOLOv7's ``ComputeLossAuxOTA``, the loss of a head with auxiliary maps (``heads == 2``): ``preds`` = the
+    ``nl`` lead maps, then the ``nl`` auxiliary maps. Each target's ``k`` comes from its 20 best IoUs (not 10).
+    The lead maps are matched among the three-cell candidates, the auxiliary maps among the five-cell ones (the
+    target's cell and all four neighbours inside the grid), both by the cost of the lead head's predictions;
+    each auxiliary map's box, objectness and class losses then weigh 0.25 with the level's objectness balance."""
+
+    topk_iou = TOPK_IOU_AUX
+    head_weights = (1.0, AUX_WEIGHT)
+
+    def assign(self, preds: list[Tensor], targets: Tensor, imgs: Tensor | None) -> list[Matches]:
+        """The lead maps' matches, then the auxiliary maps'; both chosen on the lead predictions."""
+        lead = preds[: self.nl]
+        targets = self._checked_targets(lead, targets, imgs)
+        five_cell = neighbour_cell_matches(lead, targets, self.detect.anchors, self.hyp["anchor_t"], margin=1.0)
+        return (self.dynamic_k_matches(lead, targets, imgs, self.three_cell_matches(lead, targets))
+                + self.dynamic_k_matches(lead, targets, imgs, five_cell))

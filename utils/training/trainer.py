@@ -31,7 +31,7 @@ from utils.evaluation.evaluator import validate
 from utils.general import LOGGER, TrainingDiverged, check_imgsz
 from utils.hyperparameters import DEFAULTS
 from utils.training.loss import ComputeLoss
-from utils.training.loss_ota import ComputeLossOTA
+from utils.training.loss_ota import ComputeLossAuxOTA, ComputeLossOTA
 from utils.evaluation.metrics import class_weights, fitness, image_weights
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.signals import signal_name
@@ -57,6 +57,25 @@ def check_amp(model: nn.Module, device: torch.device) -> bool:
     if not ok:
         LOGGER.warning("AMP check failed: autocast disagrees with fp32 on this device, training in fp32")
     return ok
+
+
+def select_train_loss(model: nn.Module, hyp: dict):
+    """The training loss for ``model``'s head, given the scaled loss ``hyp``. A head with auxiliary maps
+    (``heads == 2``, YOLOv7's IAuxDetect) trains with YOLOv7's ``ComputeLossAuxOTA``, as YOLOv7's train_aux.py
+    does whatever the hyp says; otherwise ``loss_ota: 1`` selects YOLOv7's ``ComputeLossOTA`` and ``0`` (the
+    default) YOLOv5's ``ComputeLoss``."""
+    model = de_parallel(model)
+    heads = getattr(model.model[-1], "heads", 1)
+    ota = hyp.get("loss_ota")
+    if heads == 2:
+        if ota is not None and not ota:
+            raise ValueError(f"hyp loss_ota: {ota} cannot be honoured: {type(model.model[-1]).__name__} has auxiliary "
+                             "heads, which train only with YOLOv7's auxiliary-head OTA loss; set loss_ota: 1 (or "
+                             "remove it) in the hyp file, e.g. data/hyps/hyp.scratch.p6.yaml")
+        return ComputeLossAuxOTA(model, hyp)
+    if heads != 1:
+        raise ValueError(f"no training loss for a detection head with {heads} heads (1, or 2 with auxiliary maps)")
+    return ComputeLossOTA(model, hyp) if (DEFAULTS["loss_ota"] if ota is None else ota) else ComputeLoss(model, hyp)
 
 
 class Trainer:
@@ -91,6 +110,10 @@ class Trainer:
         self.gs = max(int(self.model.stride.max()), 32)
         self.imgsz = check_imgsz(config.imgsz, self.gs)[0]  # square: rounded up to a multiple of the stride
         self.batch_size = config.batch_size // self.world_size
+        self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
+        # validation losses stay ComputeLoss's on the lead maps, whatever trains (as YOLOv7's test.py)
+        self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)
+        self.train_loss = select_train_loss(de_parallel(self.model), self.loss_hyp)
         self.nbs = int(self.hyp.get("nbs", DEFAULTS["nbs"]))  # gradients accumulate up to it
         self.accumulate = max(round(self.nbs / config.batch_size), 1)
         weight_decay = self.hyp["weight_decay"] * config.batch_size * self.accumulate / self.nbs
@@ -103,11 +126,6 @@ class Trainer:
             self.restore(ckpt)
         self.train_loader, self.dataset, self.val_loader = self._build_data()
         self.model = self._wrap_distributed(self.model)
-        self.loss_hyp = self._loss_hyp(de_parallel(self.model).model[-1].nl)
-        self.compute_loss = ComputeLoss(de_parallel(self.model), self.loss_hyp)  # validation, and training by default
-        # YOLOv7's switch: train with the OTA assignment; validation losses stay ComputeLoss's (as YOLOv7's test.py)
-        ota = self.hyp.get("loss_ota", DEFAULTS["loss_ota"])
-        self.train_loss = ComputeLossOTA(de_parallel(self.model), self.loss_hyp) if ota else self.compute_loss
         self.stopper = EarlyStopping(patience=config.patience)
         self.stopper.best_fitness, self.stopper.best_epoch = self.best_fitness, max(self.start_epoch - 1, 0)
 
