@@ -19,6 +19,18 @@ import torch
 
 REFERENCE_PATH = Path(__file__).parent / 'data' / 'yolov5s_v7_reference.pt'
 
+# The P6 fixture (``tools/make_yolov5_reference.py --p6``): YOLOv5 v7.0's models/hub/yolov5{n,s,m,l,x}6.yaml.
+# Its input is regenerated from a seed rather than stored, and of each decoded output row only the first
+# P6_COLUMNS values (box, objectness, the first 11 class scores) are kept: five full outputs would be ~0.9 MB.
+P6_REFERENCE_PATH = Path(__file__).parent / 'data' / 'yolov5_p6_reference.pt'
+P6_CONFIGS = ('yolov5n6', 'yolov5s6', 'yolov5m6', 'yolov5l6', 'yolov5x6')
+P6_INPUT_SHAPE = (1, 3, 64, 128)  # non-square, both sides multiples of the 64 stride
+P6_COLUMNS = 16
+
+
+def p6_input(seed: int = 1) -> torch.Tensor:
+    return torch.rand(P6_INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
+
 
 def seeded_state_dict(template: dict, seed: int = 0) -> dict:
     """Return a deterministic state dict with ``template``'s keys, shapes and dtypes.
