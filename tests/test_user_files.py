@@ -16,7 +16,7 @@ from models.yolo import Model
 from utils.deploy.backends import write_engine_file
 from utils.checkpoint import save_checkpoint
 from utils.datasets.dataloaders import list_image_files
-from utils.datasets.dataset_config import check_dataset
+from utils.datasets.dataset_config import check_dataset, resolve_data_yaml
 from utils.general import load_yaml
 from utils.datasets.label_cache import parse_label_file
 from utils.datasets.sources import expand_files
@@ -117,3 +117,14 @@ def test_detect_source_lists_with_bom_and_crlf(tmp_path):
     plain, win = twins(tmp_path, "sources.txt", "bus.jpg\n# a comment\nzidane.jpg\n")
     files, ignored = expand_files(str(plain))
     assert expand_files(str(win)) == (files, ignored) and len(files) == 2 and all(Path(f).is_file() for f in files)
+
+
+def test_a_bare_dataset_name_finds_the_repo_data_yaml_as_yolov5_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("coco128", "coco128.yaml"):
+        assert resolve_data_yaml(name) == ROOT / "data" / "coco128.yaml"
+    (tmp_path / "coco128.yaml").write_text("path: mine\ntrain: a\nval: a\nnames: [x]\n")
+    assert resolve_data_yaml("coco128.yaml") == Path("coco128.yaml")  # a file of the user's own comes first
+    assert resolve_data_yaml("sub/missing.yaml") == Path("sub/missing.yaml")  # a path is never searched for
+    with pytest.raises(FileNotFoundError, match="nope"):
+        check_dataset("nope")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.general import LOGGER, excerpt, is_whole, load_yaml
+from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml
 from utils.datasets.synthetic import generate_shapes
 from utils.textfiles import read_list
 
@@ -30,11 +30,24 @@ def register_generator(name: str, fn: Callable[[Path], None]) -> None:
     GENERATORS[name] = fn
 
 
+def resolve_data_yaml(data: str | Path) -> Path:
+    """A dataset YAML: an existing path, else a bare name (with or without .yaml) under this repo's data/,
+    as YOLOv5's ``--data coco128.yaml`` finds its own files. Anything else is returned as given (the loader
+    then says it is missing)."""
+    file = Path(data)
+    if file.is_file() or file.parent != Path("."):
+        return file
+    for name in ([file.name] if file.suffix in (".yaml", ".yml") else [file.name + ".yaml", file.name + ".yml"]):
+        if (ROOT / "data" / name).is_file():
+            return ROOT / "data" / name
+    return file
+
+
 def _load(data: str | Path | dict) -> tuple[dict, Path]:
     """Return (a copy of the config, the folder relative paths start from)."""
     if isinstance(data, dict):
         return dict(data), Path.cwd()  # a dict has no file: relative paths follow the working directory
-    file = Path(data)
+    file = resolve_data_yaml(data)
     cfg = load_yaml(file, "dataset YAML")
     cfg["yaml_file"] = str(file.resolve())
     return cfg, file.resolve().parent

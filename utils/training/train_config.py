@@ -186,7 +186,7 @@ def recommended(config: TrainConfig, data: dict) -> TrainConfig:
             value = data.get(key, default)
             changes[key] = int(value) if key != "optimizer" and isinstance(value, float) and value.is_integer() else value
     if config.hyp is None:  # a data YAML's recommendation is relative to that YAML
-        base = Path(config.data).parent if isinstance(config.data, str) else Path.cwd()
+        base = Path(data["yaml_file"]).parent if data.get("yaml_file") else Path.cwd()
         changes["hyp"] = str(base / data["hyp"]) if data.get("hyp") else str(DEFAULT_HYP)
     if not config.cfg and not config.weights:
         changes["cfg"] = DEFAULT_CFG
