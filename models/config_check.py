@@ -76,15 +76,21 @@ def check_arguments(i: int, entry: str, cls, args: list, kwargs: dict) -> None:
             raise ValueError(f"layer {i} {entry}: {cls.__name__} argument '{key}' must be {need}, got {excerpt(value)}")
 
 
-def check_head(i: int, entry: str, n_inputs: int, anchors) -> None:
-    """A Detect row: its anchors are valid and give one level per input."""
-    levels = check_anchors(anchors, where=f"layer {i} {entry}: anchors")
-    if levels is not None and levels != n_inputs:
-        def count(n, what):
-            return f"{n} {what}{'' if n == 1 else 's'}"
+def check_head(i: int, entry: str, n_inputs: int, anchors, heads: int = 1) -> None:
+    """A Detect row: its anchors are valid and give one level per input (``heads`` inputs per level for a head
+    with an auxiliary branch, IAuxDetect: the lead levels, then the auxiliary ones)."""
+    def count(n, what):
+        return f"{n} {what}{'' if n == 1 else 's'}"
 
+    levels = check_anchors(anchors, where=f"layer {i} {entry}: anchors")
+    if levels is None and n_inputs % heads:
+        raise ValueError(f"layer {i} {entry}: {count(n_inputs, 'input layer')}; this head takes {heads} per anchor "
+                         f"level (lead levels first, then auxiliary)")
+    if levels is not None and levels * heads != n_inputs:
+        per_level = "one level of anchors per input layer" if heads == 1 else \
+            f"one level of anchors per {heads} input layers (lead levels first, then auxiliary)"
         raise ValueError(f"layer {i} {entry}: {count(n_inputs, 'input layer')} but {count(levels, 'anchor level')}; "
-                         f"give one level of anchors per input layer")
+                         f"give {per_level}")
 
 
 def check_layout(names: list[str], heads: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ from models.config_check import check_anchors, check_arguments, check_head, chec
 from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QARepVGGBlock, RepVGGBlock
 from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
-from models.yolov7_blocks import MP, SP, SPPCSPC, ImplicitA, ImplicitM, RepConv
+from models.yolov7_blocks import MP, SP, SPPCSPC, DownC, ImplicitA, ImplicitM, RepConv, ReOrg, Shortcut
 from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, make_divisible, setup_logging
 from utils.ops import decode_boxes
 from utils.reparam import fold_implicit
@@ -32,7 +32,12 @@ class Detect(nn.Module):
     Training returns the raw per-level maps ``(bs, na, ny, nx, no)``; eval returns
     ``(decoded (bs, N, no), raw maps)``; with ``export = True`` only the decoded tensor, which is
     what exported graphs carry.
+
+    ``heads`` is the number of input maps per anchor level (1; 2 for ``IAuxDetect``'s lead and auxiliary
+    maps). ``ch`` holds the input channels, lead levels first.
     """
+
+    heads = 1
 
     def __init__(self, nc=80, anchors=(), ch=(), inplace=True):
         super().__init__()
@@ -44,7 +49,11 @@ class Detect(nn.Module):
         # anchors are in grid units after Model.__init__; a persistent buffer so AutoAnchor's edits travel
         self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
         self.register_buffer("stride", torch.zeros(self.nl), persistent=False)  # not in YOLOv5's state dict
-        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        if len(ch) not in (self.nl, self.heads * self.nl):
+            raise ValueError(f"{type(self).__name__} takes {self.heads} input(s) per anchor level: "
+                             f"{self.heads * self.nl} for {self.nl} levels, got {len(ch)}")
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch[:self.nl])
+        self._build_aux_convs(ch[self.nl:])  # registered right after m: YOLOv7's state-dict order
         self.inplace = inplace
         self.export = False  # return only the decoded tensor
         self.dynamic = False  # rebuild grids on every call (export with dynamic shapes)
@@ -52,9 +61,8 @@ class Detect(nn.Module):
     def forward(self, x: list[Tensor]):
         z = []
         for i in range(self.nl):
-            x[i] = self._level_conv(i, x[i])
-            bs, _, ny, nx = x[i].shape
-            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            x[i] = self._anchor_map(self._level_conv(i, x[i]))
+            bs, _, ny, nx, _ = x[i].shape
             if not self.training:
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
                 # anchors and stride read now, never cached: a checkpoint load or AutoAnchor changes them in place
@@ -65,9 +73,26 @@ class Detect(nn.Module):
             return x
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
 
+    def _build_aux_convs(self, ch: list[int]) -> None:
+        """Hook for heads with an auxiliary branch (``IAuxDetect``); a plain head has none."""
+
     def _level_conv(self, i: int, x: Tensor) -> Tensor:
         """The raw prediction map of level ``i`` (subclasses wrap the conv, see IDetect)."""
         return self.m[i](x)
+
+    def _anchor_map(self, x: Tensor) -> Tensor:
+        """A conv output (bs, na * no, ny, nx) as (bs, na, ny, nx, no)."""
+        bs, _, ny, nx = x.shape
+        return x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+
+    def prediction_convs(self) -> list[nn.ModuleList]:
+        """The output convs per branch (lead first), each one conv per level: what bias priors apply to."""
+        return [self.m]
+
+    @property
+    def inputs_read(self) -> int:
+        """How many of the layers in ``f`` the forward reads (fewer than ``f`` once an auxiliary branch is dropped)."""
+        return self.nl
 
     def _grid(self, nx: int, ny: int, i: int) -> Tensor:
         """Cell offsets (1, na, ny, nx, 2), cached per level. They depend only on the map's size and the
@@ -102,8 +127,8 @@ class IDetect(Detect, Reparameterizable):
         self.register_buffer("anchor_grid", self.anchors.clone().view(self.nl, 1, -1, 1, 1, 2))
         self.register_state_dict_pre_hook(IDetect._sync_anchor_grid)
         if not deploy:
-            self.ia = nn.ModuleList(ImplicitA(x) for x in ch)
-            self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in ch)
+            self.ia = nn.ModuleList(ImplicitA(x) for x in ch[:self.nl])  # lead levels only
+            self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in range(self.nl))
 
     def _level_conv(self, i: int, x: Tensor) -> Tensor:
         if self.deploy:
@@ -131,6 +156,51 @@ class IDetect(Detect, Reparameterizable):
         return self
 
 
+class IAuxDetect(IDetect):
+    """YOLOv7's P6 head for training with auxiliary supervision: ``IDetect`` on the ``nl`` lead maps plus one
+    plain 1x1 conv per level (``m2``) on ``nl`` auxiliary maps (inputs: lead levels first, then auxiliary).
+
+    Training returns the ``2 * nl`` raw maps, lead then auxiliary; eval returns ``(decoded lead, lead raw
+    maps)`` like ``IDetect`` (the auxiliary branch only trains). ``fold()`` merges the implicit layers and
+    drops ``m2``; ``Model.fuse()`` then drops the layers that fed only the auxiliary maps, which leaves YOLOv7's
+    deploy layout (a ``Detect`` on the lead maps). ``deploy=True`` builds the folded head directly.
+    """
+
+    heads = 2
+
+    def __init__(self, nc=80, anchors=(), ch=(), inplace=True, deploy=False):
+        nl = len(anchors)
+        if len(ch) != 2 * nl:
+            raise ValueError(f"IAuxDetect takes 2 inputs per anchor level (lead, then auxiliary): {2 * nl} for "
+                             f"{nl} levels, got {len(ch)}")
+        super().__init__(nc, anchors, ch[:nl] if deploy else ch, inplace, deploy)
+
+    def _build_aux_convs(self, ch: list[int]) -> None:
+        if ch:
+            self.m2 = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+
+    def prediction_convs(self) -> list[nn.ModuleList]:
+        return [self.m, self.m2] if hasattr(self, "m2") else [self.m]
+
+    @property
+    def inputs_read(self) -> int:
+        return 2 * self.nl if hasattr(self, "m2") else self.nl
+
+    def forward(self, x: list[Tensor]):
+        lead = super().forward(x[:self.nl])
+        if not self.training or not hasattr(self, "m2"):
+            return lead
+        return lead + [self._anchor_map(conv(xi)) for conv, xi in zip(self.m2, x[self.nl:])]
+
+    @torch.no_grad()
+    def fold(self) -> "IAuxDetect":
+        """``IDetect.fold()`` and drop the auxiliary convs; idempotent."""
+        super().fold()
+        if hasattr(self, "m2"):
+            del self.m2
+        return self
+
+
 # ---------------------------------------------------------------------------------------------
 # Config parsing
 # ---------------------------------------------------------------------------------------------
@@ -147,18 +217,23 @@ MODULES: dict[str, type[nn.Module]] = {
     "OREPA": OREPA,
     "Detect": Detect,
     "IDetect": IDetect,
+    "IAuxDetect": IAuxDetect,
     "MP": MP,
     "SP": SP,
     "SPPCSPC": SPPCSPC,
     "RepConv": RepConv,
+    "ReOrg": ReOrg,
+    "DownC": DownC,
+    "Shortcut": Shortcut,
     "nn.Upsample": nn.Upsample,
     "nn.BatchNorm2d": nn.BatchNorm2d,
     "nn.MaxPool2d": nn.MaxPool2d,
     "nn.Identity": nn.Identity,
 }
 # args start with c2; c1 is inserted
-CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, QARepVGGBlock, OREPA, RepConv, SPPCSPC)
-REPEAT_INSIDE = (C3, SPPCSPC)  # the repeat count is an argument, not a stack of copies
+CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C3, SPPF, RepVGGBlock, QARepVGGBlock, OREPA, RepConv, SPPCSPC, DownC)
+REPEAT_INSIDE = (C3, SPPCSPC, DownC)  # the repeat count is an argument, not a stack of copies
+JOINS = (Concat, Shortcut)  # modules that take several layers (besides the heads)
 NAMED_ARGS = ("nc", "anchors")  # the only names a config's arguments may refer to
 HEADS = tuple(name for name, m in MODULES.items() if issubclass(m, Detect))
 
@@ -221,6 +296,34 @@ def _row_activation(i: int, cls, args: list, entry) -> tuple[list, dict]:
         raise ValueError(f"layer {i} {entry}: {e}") from None
 
 
+def _layer_args(i: int, entry: str, m: type[nn.Module], args: list, c_in: list[int], n: int, make_channels):
+    """A row's constructor arguments, output channels and repeat count, from its input channels ``c_in`` (one
+    per 'from'); ``make_channels`` applies the width multiple to a row's channel argument."""
+    c2 = c_in[0]
+    if m in CHANNEL_MODULES:
+        if len(c_in) != 1 or not args:
+            raise ValueError(f"layer {i} {entry}: {m.__name__} takes one input and at least the output channels")
+        if not isinstance(args[0], int):
+            raise ValueError(f"layer {i} {entry}: output channels must be an int, got {excerpt(args[0])}")
+        c2 = make_channels(args[0])
+        args = [c_in[0], c2, *args[1:]]
+        if m in REPEAT_INSIDE:
+            args.insert(2, n)
+            n = 1
+    elif m is nn.BatchNorm2d:
+        args = [c2]
+    elif m is Concat:
+        c2 = sum(c_in)
+    elif issubclass(m, Detect):
+        check_head(i, entry, len(c_in), args[1] if len(args) > 1 else None, m.heads)
+        args.append(list(c_in))
+        if len(args) > 1 and isinstance(args[1], int):  # anchor count only: placeholders, AutoAnchor fills them
+            args[1] = [list(range(args[1] * 2))] * (len(c_in) // m.heads)
+    else:
+        c2 *= getattr(m, "out_channel_factor", 1)  # ReOrg: 4; pools, upsampling, Shortcut: as the input
+    return args, c2, n
+
+
 def parse_model(d: dict, ch: list[int]):
     """Build the layers of a config dict. Returns (nn.Sequential, indices whose outputs are kept)."""
     for key in ("nc", "backbone", "head"):
@@ -251,35 +354,13 @@ def parse_model(d: dict, ch: list[int]):
             raise ValueError(f"layer {i} {entry}: 'args' must be a list, got {excerpt(args)}")
         froms = _check_from(i, f, entry)
         m = MODULES[name]
-        check_inputs(i, entry, name, froms, multi_input=m is Concat or issubclass(m, Detect))
+        check_inputs(i, entry, name, froms, multi_input=m in JOINS or issubclass(m, Detect))
         args, kwargs = _row_activation(i, m, [_resolve_arg(a, named) for a in args], entry)
         if act is not None and m in CHANNEL_MODULES:
             kwargs.setdefault("act", act)  # the config-wide activation, unless the row names one
         n = max(round(n * gd), 1) if n > 1 else n
-        if m in CHANNEL_MODULES:
-            if len(froms) != 1 or not args:
-                raise ValueError(f"layer {i} {entry}: {name} takes one input and at least the output channels")
-            c1, c2 = ch[froms[0]], args[0]
-            if not isinstance(c2, int):
-                raise ValueError(f"layer {i} {entry}: output channels must be an int, got {excerpt(c2)}")
-            if c2 != no:
-                c2 = make_divisible(c2 * gw, 8)
-            args = [c1, c2, *args[1:]]
-            if m in REPEAT_INSIDE:
-                args.insert(2, n)
-                n = 1
-        elif m is nn.BatchNorm2d:
-            args = [ch[froms[0]]]
-            c2 = ch[froms[0]]
-        elif m is Concat:
-            c2 = sum(ch[j] for j in froms)
-        elif issubclass(m, Detect):
-            check_head(i, entry, len(froms), args[1] if len(args) > 1 else None)
-            args.append([ch[j] for j in froms])
-            if len(args) > 1 and isinstance(args[1], int):  # anchor count only: placeholders, AutoAnchor fills them
-                args[1] = [list(range(args[1] * 2))] * len(froms)
-        else:
-            c2 = ch[froms[0]]
+        args, c2, n = _layer_args(i, entry, m, args, [ch[j] for j in froms], n, make_channels=lambda c: c if c == no
+                                  else make_divisible(c * gw, 8))
         check_arguments(i, entry, m, args, kwargs)
         try:
             if n > 1:  # later copies take the first copy's output channels
@@ -304,6 +385,34 @@ def layer_input(m: nn.Module, x, y: list):
     if m.f == -1:
         return x
     return y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+
+
+def _sources(m: nn.Module) -> list[int]:
+    """The absolute indices of the layers ``m`` reads (none for the first layer, which reads the image)."""
+    froms = [m.f] if isinstance(m.f, int) else m.f
+    return [j % m.i for j in froms] if m.i else []
+
+
+def prune_layers(layers: nn.Sequential) -> tuple[nn.Sequential, list[int]]:
+    """``layers`` without those the last layer does not depend on, renumbered: each kept module's ``i`` and
+    ``f`` (relative entries stay relative, absolute ones absolute) and the saved-output list are rewritten."""
+    keep, todo = set(), [len(layers) - 1]
+    while todo:
+        j = todo.pop()
+        if j not in keep:
+            keep.add(j)
+            todo.extend(_sources(layers[j]))
+    new = {old: k for k, old in enumerate(sorted(keep))}
+    kept, save = [], set()
+    for old in sorted(keep):
+        m = layers[old]
+        if old:  # layer 0 reads the image
+            froms = [new[j % old] - new[old] if j < 0 else new[j] for j in ([m.f] if isinstance(m.f, int) else m.f)]
+            m.f = froms if isinstance(m.f, list) else froms[0]
+            save.update(j % new[old] for j in froms if j != -1)
+        m.i = new[old]
+        kept.append(m)
+    return nn.Sequential(*kept), sorted(save)
 
 
 def _shapes(x) -> str:
@@ -418,12 +527,15 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def _initialize_biases(self, class_freq: Tensor | None = None) -> None:
-        """YOLOv5's prior: about 8 objects per 640x640 image, classes near-uniform (or by frequency)."""
+        """YOLOv5's prior: about 8 objects per 640x640 image, classes near-uniform (or by frequency); the same for
+        every branch's output convs (IAuxDetect's auxiliary ones too, as YOLOv7 does)."""
         m = self.model[-1]
-        for mi, s in zip(m.m, m.stride):
-            b = mi.bias.view(m.na, -1)
-            b[:, 4] += math.log(8 / (640 / s) ** 2)
-            b[:, 5:5 + m.nc] += math.log(0.6 / (m.nc - 0.99999)) if class_freq is None else torch.log(class_freq / class_freq.sum())
+        for convs in m.prediction_convs():
+            for mi, s in zip(convs, m.stride):
+                b = mi.bias.view(m.na, -1)
+                b[:, 4] += math.log(8 / (640 / s) ** 2)
+                b[:, 5:5 + m.nc] += (math.log(0.6 / (m.nc - 0.99999)) if class_freq is None
+                                     else torch.log(class_freq / class_freq.sum()))
 
     def forward(self, x: Tensor, augment: bool = False):
         return self._forward_augment(x) if augment else self._forward_once(x)
@@ -459,12 +571,23 @@ class Model(nn.Module):
         return x
 
     def fuse(self) -> "Model":
-        """Switch to eval mode and fold every re-parameterizable block in place (idempotent)."""
+        """Switch to eval mode and fold every re-parameterizable block in place (idempotent). A head that drops
+        its auxiliary branch on folding (IAuxDetect) takes the layers that fed only that branch with it."""
         self.eval()
         blocks = [m for m in self.modules() if isinstance(m, Reparameterizable)]
         for m in reversed(blocks):  # innermost first, should a foldable block ever contain another
             m.fold()
+        self._drop_unread_layers()
         return self
+
+    def _drop_unread_layers(self) -> None:
+        """Keep only the head's inputs it still reads (``inputs_read``) and the layers those depend on."""
+        head = self.model[-1]
+        if not isinstance(head.f, list) or len(head.f) <= head.inputs_read:
+            return
+        head.f = head.f[:head.inputs_read]
+        head.args = [*head.args[:-1], head.args[-1][:head.inputs_read]]  # the channel list parse_model appended
+        self.model, self.save = prune_layers(self.model)
 
     def info(self, verbose: bool = True, imgsz: int = 640) -> dict:
         """Log the layer table and the summary line (layers, parameters, gradients, GFLOPs); return the numbers."""

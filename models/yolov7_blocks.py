@@ -1,10 +1,12 @@
 """YOLOv7's building blocks, with YOLOv7's names, signatures and state-dict layout.
 
 A state dict saved by the official YOLOv7 code loads into these with ``strict=True``: ``MP``/``SP``
-(parameter-free pools), ``SPPCSPC`` (``cv1``..``cv7``, ``m``), ``RepConv`` (``rbr_dense``/``rbr_1x1``
-as ``Sequential(conv, bn)`` keyed ``0``/``1``, ``rbr_identity``, folded ``rbr_reparam``) and the YOLOR
-implicit layers (``implicit``). The ``IDetect`` head that uses the implicit layers lives with
-``Detect`` in ``models/yolo.py``; its fold is ``utils.reparam.fold_implicit``.
+(parameter-free pools), ``ReOrg`` (space-to-depth) and ``Shortcut`` (sum of two layers), ``DownC``
+(``cv1``..``cv3``: the P6 models' two-branch down-sampling), ``SPPCSPC`` (``cv1``..``cv7``, ``m``),
+``RepConv`` (``rbr_dense``/``rbr_1x1`` as ``Sequential(conv, bn)`` keyed ``0``/``1``, ``rbr_identity``,
+folded ``rbr_reparam``) and the YOLOR implicit layers (``implicit``). The ``IDetect`` and ``IAuxDetect`` heads
+that use the implicit layers live with ``Detect`` in ``models/yolo.py``; their fold is
+``utils.reparam.fold_implicit``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,49 @@ class SP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.m(x)
+
+
+class ReOrg(nn.Module):
+    """Space-to-depth: each 2x2 patch becomes 4 channels, (b, c, h, w) -> (b, 4c, h/2, w/2) (the P6 models' stem).
+
+    Channel order as YOLOv7's: the (even row, even column) samples, then (odd, even), (even, odd), (odd, odd).
+    """
+
+    out_channel_factor = 4  # parse_model: output channels = 4 x input channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1)
+
+
+class Shortcut(nn.Module):
+    """The sum of two layers of equal shape (YOLOv7-E6E's residual joins). ``d`` is unused, kept for the
+    configs' ``[1]`` argument."""
+
+    def __init__(self, d=0):
+        super().__init__()
+        self.d = d
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        return x[0] + x[1]
+
+
+class DownC(nn.Module):
+    """Down-sampling by ``k`` in two branches, concatenated: a 1x1 then a strided 3x3 conv (``cv1``, ``cv2``)
+    beside a max-pool then a 1x1 conv (``mp``, ``cv3``); each gives half of ``c2`` (YOLOv7's P6 models).
+
+    ``n`` is unused (kept so the repeat-inside rule applies, as in YOLOv7); ``act`` is an addition, as in
+    ``SPPCSPC``.
+    """
+
+    def __init__(self, c1, c2, n=1, k=2, act=True):
+        super().__init__()
+        self.cv1 = Conv(c1, c1, 1, 1, act=act)
+        self.cv2 = Conv(c1, c2 // 2, 3, k, act=act)
+        self.cv3 = Conv(c1, c2 // 2, 1, 1, act=act)
+        self.mp = nn.MaxPool2d(kernel_size=k, stride=k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((self.cv2(self.cv1(x)), self.cv3(self.mp(x))), 1)
 
 
 class SPPCSPC(nn.Module):

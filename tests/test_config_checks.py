@@ -50,7 +50,7 @@ MALFORMED = {
                            r"layer 2 .*Detect.*1 input layer but 2 anchor levels;"),
     "MP fed two": (backbone([-1, 1, "Conv", [8, 3, 1]], [-1, 1, "Conv", [8, 3, 1]], [[-1, -2], 1, "MP", []]),
                    r"layer 2 .*'MP'.*MP takes one input, got 'from' \[-1, -2\]"),
-    "empty head": (cfg(head=[]), r"last layer must be a head \(Detect or IDetect\), but layer 1 is Conv"),
+    "empty head": (cfg(head=[]), r"last layer must be a head \(Detect or IDetect or IAuxDetect\), but layer 1 is Conv"),
     "head not last": (cfg(head=[[[0, 1], 1, "Detect", ["nc", "anchors"]], [-1, 1, "Conv", [8]]]),
                       r"layer 2 is a Detect before the last layer"),
     "kernel 0": (backbone([-1, 1, "Conv", [8, 0, 1]]), r"layer 0 .*Conv argument 'k' must be positive, got 0"),

@@ -48,9 +48,9 @@ def test_yolov7_parameter_counts(built, reference):
     assert sum(p.numel() for p in copy.deepcopy(model).fuse().parameters()) == FUSED_PARAMS[name]
 
 
-def test_yolov7_layout_equals_official(built, reference):
-    name, model = built
-    rec = reference["configs"][name]
+def assert_official_layout(model: Model, rec: dict) -> None:
+    """State-dict keys (YOLOv7's order) and shapes, module types, strides, anchors and BatchNorm settings of YOLOv7's
+    model of the same config (``rec``: its record in the reference fixture)."""
     state = model.state_dict()
     assert list(state) == rec["keys"]
     assert [list(v.shape) for v in state.values()] == rec["shapes"]
@@ -59,6 +59,11 @@ def test_yolov7_layout_equals_official(built, reference):
     assert torch.equal(model.model[-1].anchors, rec["anchors"])
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert (bn.eps, bn.momentum) == (rec["bn_eps"], rec["bn_momentum"])
+
+
+def test_yolov7_layout_equals_official(built, reference):
+    name, model = built
+    assert_official_layout(model, reference["configs"][name])
     acts = {(type(m), getattr(m, "negative_slope", None)) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)}
     assert acts == ({(nn.LeakyReLU, 0.1)} if name == "yolov7-tiny" else {(nn.SiLU, None)})
 

@@ -17,12 +17,20 @@ import torch
 from yolov5_reference import seeded_state_dict as _seeded_common
 
 REFERENCE_PATH = Path(__file__).parent / 'data' / 'yolov7_reference.pt'
-CONFIGS = ('yolov7-tiny', 'yolov7')
+CONFIGS = ('yolov7-tiny', 'yolov7', 'yolov7x', 'yolov7-w6', 'yolov7-e6', 'yolov7-d6', 'yolov7-e6e')
+P6_CONFIGS = ('yolov7-w6', 'yolov7-e6', 'yolov7-d6', 'yolov7-e6e')  # stride 64, IAuxDetect; also recorded: cfg/deploy
+DECODED_ONLY = ('yolov7-e6', 'yolov7-d6', 'yolov7-e6e')  # W6's head: raw maps not stored (fixture size)
 INPUT_SHAPE = (1, 3, 64, 96)  # non-square, so a transposed grid or anchor cannot pass
+INPUT_SHAPE_P6 = (1, 3, 64, 128)  # the P6 models need sides that are multiples of 64
 
 
-def reference_input(seed: int = 1) -> torch.Tensor:
-    return torch.rand(INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
+def reference_input(seed: int = 1, shape: tuple = INPUT_SHAPE) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def input_key(name: str) -> str:
+    """The fixture's key of the input ``name``'s outputs were recorded on."""
+    return 'input_p6' if name in P6_CONFIGS else 'input'
 
 
 def seeded_state_dict(template: dict, seed: int = 0) -> dict:

@@ -2,10 +2,15 @@
 
 Run from the repo root:  /tmp/y7venv/bin/python tools/make_yolov7_reference.py [--src /tmp/yolov7]
 
-The fixture lets the test suite check, without YOLOv7 installed, that models/yolov7-tiny.yaml and
-models/yolov7.yaml build exactly YOLOv7's models (state-dict keys and shapes, parameter counts, module
-types, strides, anchors) and give the same eval outputs for the same weights. No weights are stored:
-both sides build them with tests/yolov7_reference.seeded_state_dict(template, seed=0).
+The fixture lets the test suite check, without YOLOv7 installed, that models/<name>.yaml for every name in
+tests/yolov7_reference.CONFIGS builds exactly YOLOv7's model of cfg/training/<name>.yaml (state-dict keys and
+shapes, parameter counts, module types, strides, anchors) and gives the same eval outputs for the same
+weights (P5 models on a 64x96 input, the P6 models on 64x128). No weights are stored: both sides build them
+with tests/yolov7_reference.seeded_state_dict(template, seed=0). For the P6 models (IAuxDetect) it also
+records YOLOv7's deploy model, cfg/deploy/<name>.yaml: its config dict, state-dict keys and shapes as built
+and after YOLOv7's own Model.fuse() (Conv+BN folded, BatchNorm deleted), which a folded model here must match.
+For E6, D6 and E6E only the decoded output is stored (yolov7_reference.DECODED_ONLY: their head is W6's, whose
+raw maps are stored), to keep the file small.
 
 Getting YOLOv7's code (commit a207844b1ce82d204ab36d87d496728d3d2348e7, 2023-11-03, from the bare
 mirror; `git archive HEAD` of the whole tree fails because the paper PDF's blob is not in the mirror,
@@ -43,14 +48,14 @@ LOGGER = logging.getLogger('make_yolov7_reference')
 YOLOV7_COMMIT = 'a207844b1ce82d204ab36d87d496728d3d2348e7'
 
 
-def record(Model, IDetect, cfg: Path, x: torch.Tensor) -> dict:
+def record(Model, heads: tuple, cfg: Path, x: torch.Tensor) -> dict:
     """Build YOLOv7's model for ``cfg`` at nc=80, load the seeded weights, run it in eval mode."""
     model = Model(str(cfg), ch=3, nc=80)
     template = model.state_dict()
     model.load_state_dict(ref.seeded_state_dict(template, seed=0), strict=True)
     model.eval()
     detect = model.model[-1]
-    assert isinstance(detect, IDetect), type(detect)
+    assert isinstance(detect, heads), type(detect)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         out, raw = model(x.clone())
@@ -64,21 +69,39 @@ def record(Model, IDetect, cfg: Path, x: torch.Tensor) -> dict:
         'bn_eps': float(bns[0].eps),
         'bn_momentum': float(bns[0].momentum),
         'output': out.clone(),
-        'raw': [r.clone() for r in raw],
+        'raw': [] if cfg.stem in ref.DECODED_ONLY else [r.clone() for r in raw],
+    }
+
+
+def record_deploy(Model, cfg: Path) -> dict:
+    """YOLOv7's deploy model of ``cfg`` at nc=80: its config, keys and shapes as built and after its fuse()."""
+    model = Model(str(cfg), ch=3, nc=80).eval()
+    built = model.state_dict()
+    fused = model.fuse().state_dict()
+    return {
+        'yaml': dict(model.yaml),
+        'keys': list(built), 'shapes': [list(v.shape) for v in built.values()],
+        'fused_keys': list(fused), 'fused_shapes': [list(v.shape) for v in fused.values()],
+        'fused_num_params': int(sum(p.numel() for p in model.parameters())),
     }
 
 
 def main(src: Path) -> None:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     sys.path.insert(0, str(src))  # YOLOv7's own `models`/`utils`
-    from models.yolo import IDetect, Model  # YOLOv7's, not this repo's
+    from models.yolo import IAuxDetect, IDetect, Model  # YOLOv7's, not this repo's
 
-    x = ref.reference_input(seed=1)
-    data = {'yolov7_commit': YOLOV7_COMMIT, 'torch_version': str(torch.__version__), 'seed': 0, 'input': x.clone(),
-            'configs': {}}
+    data = {'yolov7_commit': YOLOV7_COMMIT, 'torch_version': str(torch.__version__), 'seed': 0,
+            'input': ref.reference_input(seed=1), 'input_p6': ref.reference_input(seed=1, shape=ref.INPUT_SHAPE_P6),
+            'configs': {}, 'deploy': {}}
     for name in ref.CONFIGS:
-        data['configs'][name] = rec = record(Model, IDetect, src / 'cfg' / 'training' / f'{name}.yaml', x)
+        x = data[ref.input_key(name)]
+        data['configs'][name] = rec = record(Model, (IDetect, IAuxDetect), src / 'cfg' / 'training' / f'{name}.yaml', x)
         LOGGER.info(f"{name}: {rec['num_params']} parameters, output {tuple(rec['output'].shape)}")
+    for name in ref.P6_CONFIGS:
+        data['deploy'][name] = rec = record_deploy(Model, src / 'cfg' / 'deploy' / f'{name}.yaml')
+        LOGGER.info(f"{name} deploy: {len(rec['keys'])} tensors, {len(rec['fused_keys'])} fused, "
+                    f"{rec['fused_num_params']} parameters fused")
     ref.REFERENCE_PATH.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, ref.REFERENCE_PATH)
     LOGGER.info(f'saved {ref.REFERENCE_PATH} ({ref.REFERENCE_PATH.stat().st_size} bytes)')
