@@ -31,6 +31,15 @@ def four_level_config(nc: int = 80) -> dict:
             "head": [[[2, 3, 4, 5], 1, "IDetect", ["nc", "anchors"]]]}
 
 
+def four_level_aux_config(nc: int = 80) -> dict:
+    """``four_level_config`` with YOLOv7's auxiliary head: IAuxDetect reading the four levels (lead) and one extra
+    conv on each (auxiliary), as YOLOv7-W6 does."""
+    d = four_level_config(nc)
+    aux = [[j, 1, "Conv", [8, 3, 1]] for j in (2, 3, 4, 5)]  # layers 6-9
+    d["head"] = aux + [[[2, 3, 4, 5, 6, 7, 8, 9], 1, "IAuxDetect", ["nc", "anchors"]]]
+    return d
+
+
 @pytest.fixture(scope="module")
 def models() -> dict:
     """Per YOLOv7 config of the fixture, a model of ours with its head's anchors and strides."""
@@ -133,17 +142,20 @@ def test_needs_the_images_and_all_maps(models):
 
 
 def test_our_model_trains_through_it():
-    """Our four-level model's lead maps, with auxiliary maps derived from them, give a finite loss whose gradient
-    reaches the first layer."""
-    model = Model(four_level_config(nc=3)).train()
+    """Our four-level IAuxDetect model's lead and auxiliary maps give a finite loss whose gradient reaches the first
+    layer and both heads' output convs."""
+    model = Model(four_level_aux_config(nc=3)).train()
     hyp = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.scratch.p6.yaml").read_text())
     imgs = torch.rand(2, 3, 128, 128)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.3], [0, 2, 0.2, 0.8, 0.1, 0.15], [1, 0, 0.9, 0.1, 0.2, 0.2]])
-    lead = model(imgs)
-    loss, items = ComputeLossAuxOTA(model, hyp)(lead + [2 * p for p in lead], targets, imgs)
+    maps = model(imgs)
+    assert len(maps) == 8
+    loss, items = select_train_loss(model, hyp)(maps, targets, imgs)
     assert torch.isfinite(loss) and (items > 0).all()
     loss.backward()
+    head = model.model[-1]
     assert model.model[0].conv.weight.grad.abs().sum() > 0
+    assert all(c.weight.grad.abs().sum() > 0 for c in (*head.m, *head.m2))
 
 
 # --- which loss trains ----------------------------------------------------------------------------------------
@@ -164,10 +176,8 @@ def test_single_head_follows_loss_ota(overrides, expected, models):
 
 @pytest.fixture
 def aux_head_model():
-    """A model of ours whose head says it has auxiliary maps (what IAuxDetect says)."""
-    model = Model(four_level_config(nc=3))
-    model.model[-1].heads = 2
-    return model
+    """A small model of ours with YOLOv7's auxiliary head (IAuxDetect) on the W6 geometry."""
+    return Model(four_level_aux_config(nc=3))
 
 
 @pytest.mark.parametrize("overrides", [{}, {"loss_ota": 1}])
@@ -177,5 +187,5 @@ def test_auxiliary_heads_train_with_the_aux_loss(overrides, aux_head_model):
 
 
 def test_auxiliary_heads_refuse_loss_ota_0(aux_head_model):
-    with pytest.raises(ValueError, match=r"hyp loss_ota: 0 cannot be honoured: IDetect has auxiliary heads"):
+    with pytest.raises(ValueError, match=r"hyp loss_ota: 0 cannot be honoured: IAuxDetect has auxiliary heads"):
         select_train_loss(aux_head_model, _hyp(loss_ota=0))
