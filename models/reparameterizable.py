@@ -52,7 +52,9 @@ class Reparameterizable(nn.Module):
         if low_precision:  # sum the branches in fp32: rounding each branch first loses accuracy
             self.float()
         kernel, bias = self.get_equivalent_kernel_bias()
-        conv = self._new_deploy_conv().to(device=device, dtype=kernel.dtype)
+        with torch.device("meta"):  # no random initialisation: the weights are overwritten right away
+            conv = self._new_deploy_conv()
+        conv = conv.to_empty(device=device).to(dtype=kernel.dtype)
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         self._remove_training_branches()
