@@ -23,6 +23,25 @@ def rel_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     return ((reference - other).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
 
 
+def export_onnx_and_compare(model: nn.Module, folder: Path, name: str, imgsz=(128, 192)) -> torch.Tensor:
+    """Save ``model`` (unfolded) as a checkpoint, export it with export.py (folded, then ONNX, verified by the
+    exporter), and check the ONNX output against the unfolded model's within 1e-4. Returns the ONNX output."""
+    import export
+    from utils.checkpoint import save_checkpoint
+    from utils.deploy.backends import load_backend
+    from utils.deploy.verify import TOLERANCE, example_input
+
+    (result,) = export.run(weights=save_checkpoint(folder / f"{name}.pt", model), include=["onnx"], imgsz=imgsz)
+    assert result.ok, result.error
+    assert result.error_ratio <= TOLERANCE["fp32"]
+    x = example_input(imgsz, 1, "cpu")
+    with torch.no_grad():
+        unfolded = model(x)[0]  # the training layout: branches, BatchNorm, implicit layers, auxiliary heads
+    exported = load_backend(result.file)(x)
+    assert exported.shape == unfolded.shape and rel_error(unfolded, exported) < 1e-4
+    return exported
+
+
 @torch.no_grad()
 def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random statistics and affine parameters, in place.

@@ -10,16 +10,12 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
-import export
-from helpers import assert_reference_outputs, randomize_batchnorm_, rel_error
+from helpers import assert_reference_outputs, export_onnx_and_compare, randomize_batchnorm_, rel_error
 from models.yolo import Detect, IAuxDetect, IDetect, Model, load_cfg, prune_layers
-from models.yolov7_blocks import DownC, ImplicitA, ImplicitM, ReOrg, Shortcut
+from models.yolov7_blocks import DownC, ReOrg, Shortcut
 from test_yolov7 import assert_nothing_left_to_fold, assert_official_layout, randomize_implicit_
 from utils.checkpoint import load_model, save_checkpoint
-from utils.deploy.backends import load_backend
-from utils.deploy.verify import TOLERANCE, example_input
 from yolov7_reference import P6_CONFIGS, REFERENCE_PATH, input_key, seeded_state_dict
 
 # YOLOv7's Model() summary at nc=80 (training configs, unfused)
@@ -195,15 +191,7 @@ def test_yolov7_deploy_file_of_w6_loads_through_the_foreign_path(small_w6, refer
 
 def test_folded_w6_exports_to_onnx(small_w6, tmp_path):
     model, _ = small_w6
-    path = save_checkpoint(tmp_path / "yolov7-w6.pt", model)
-    imgsz = (128, 192)
-    (result,) = export.run(weights=path, include=["onnx"], imgsz=imgsz)
-    assert result.ok, result.error
-    assert result.error_ratio <= TOLERANCE["fp32"]
-    x = example_input(imgsz, 1, "cpu")
-    with torch.no_grad():
-        unfolded = model(x)[0]  # the training layout, auxiliary branch and implicit layers included
-    assert rel_error(unfolded, load_backend(result.file)(x)) < 1e-4
+    export_onnx_and_compare(model, tmp_path, "yolov7-w6", imgsz=(128, 192))
 
 
 # --- blocks ------------------------------------------------------------------------------------------
