@@ -19,8 +19,8 @@ import hubconf
 import train
 import val
 from conftest import ROOT
-from models.yolo import Model
-from utils.checkpoint import CheckpointError, load_model, load_pretrained, missing_weights
+from models.yolo import Model, load_cfg
+from utils.checkpoint import CheckpointError, checkpoint_yaml, load_model, load_pretrained, missing_weights
 from utils.foreign_checkpoint import ForeignCheckpointError, restricted_load
 
 BUS = ROOT.parent / "shared" / "images" / "bus.jpg"
@@ -150,7 +150,7 @@ def test_a_missing_official_file_says_where_it_is_published_and_downloads_nothin
 # ------------------------------------------------------------------------ files written by their own code
 FIXTURES = ROOT / "tests" / "data" / "foreign" / "checkpoints"
 FILES = ("y5_v70_release.pt", "y5_v70_last.pt", "y5_v62_release.pt", "y5_v61_release.pt", "y5_pip_release.pt", "y7_train.pt",
-         "y7_deploy.pt", "y7_deploy_fused.pt")
+         "y7_deploy.pt", "y7_deploy_fused.pt", "y5_v70_p6_release.pt", "y7_w6_train.pt", "y7_w6_deploy.pt")
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_a_training_file_gives_the_ema_weights_as_yolov5_does(references):
 
 
 @pytest.mark.parametrize("name", ["y5_v70_release.pt", "y5_v61_release.pt", "y5_pip_release.pt", "y7_train.pt",
-                                  "y7_deploy.pt", "y7_deploy_fused.pt"])
+                                  "y7_deploy.pt", "y7_deploy_fused.pt", "y7_w6_train.pt"])
 def test_val_detect_export_and_hub_accept_their_files(name, coco16, tmp_path):
     weights = tmp_path / name
     weights.write_bytes((FIXTURES / name).read_bytes())
@@ -246,7 +246,8 @@ def test_fine_tuning_a_release_file_on_other_classes_reports_the_transfer(tmp_pa
 
 
 @pytest.mark.parametrize("name, head, new", [("y7_train.pt", "IDetect", 9), ("y7_deploy.pt", "Detect", 6),
-                                             ("y5_v61_release.pt", "Detect", 6), ("y5_pip_release.pt", "Detect", 6)])
+                                             ("y5_v61_release.pt", "Detect", 6), ("y5_pip_release.pt", "Detect", 6),
+                                             ("y5_v70_p6_release.pt", "Detect", 8), ("y7_w6_train.pt", "IAuxDetect", 20)])
 def test_each_layout_fine_tunes_in_its_own_architecture(name, head, new, tmp_path, data3, yolo_logs):
     """No --cfg: the model is built from the file's own YAML, 3 classes instead of 80; only the class-dependent
     head tensors start afresh (IDetect's ImplicitM too)."""
@@ -258,6 +259,36 @@ def test_each_layout_fine_tunes_in_its_own_architecture(name, head, new, tmp_pat
     assert total - loaded == new, line
     model = load_model(tmp_path / "ft" / "weights" / "last.pt")
     assert type(model.model[-1]).__name__ == head and model.names == ["circle", "square", "triangle"]
+
+
+def test_their_p6_and_w6_files_hold_the_configs_shipped_here():
+    """The configs their Model stored in the files: v7.0's models/hub/yolov5n6.yaml and YOLOv7's
+    cfg/training/yolov7-w6.yaml have the layer rows and anchors of models/yolov5n6.yaml and models/yolov7-w6.yaml;
+    the notebook's deploy file keeps rows 0-117 and ends in a Detect on the lead maps 114-117."""
+    for name, shipped in (("y5_v70_p6_release.pt", "yolov5n6.yaml"), ("y7_w6_train.pt", "yolov7-w6.yaml")):
+        theirs, ours = checkpoint_yaml(FIXTURES / name), load_cfg(shipped)
+        assert theirs["backbone"] + theirs["head"] == ours["backbone"] + ours["head"], name
+        assert theirs["anchors"] == ours["anchors"] and len(ours["anchors"]) == 4, name
+    deploy = checkpoint_yaml(FIXTURES / "y7_w6_deploy.pt")
+    rows, ours_rows = deploy["backbone"] + deploy["head"], ours["backbone"] + ours["head"]
+    assert rows[:118] == ours_rows[:118] and rows[118:] == [[[114, 115, 116, 117], 1, "Detect", ["nc", "anchors"]]]
+    assert ours_rows[122][2] == "IAuxDetect" and len(ours_rows) == 123
+
+
+def test_folding_their_w6_training_file_gives_their_notebooks_deploy_file(references):
+    """Model.fuse() on y7_w6_train.pt drops what the notebook's W6 cell drops (the auxiliary rows 118-121 and convs),
+    keeps the lead head on 114-117 (their Detect at 118), folds the implicit layers to the head weights of
+    y7_w6_deploy.pt (which the notebook saves in fp16: equal within that rounding) and keeps the training outputs."""
+    ours = load_model(FIXTURES / "y7_w6_train.pt").fuse()
+    theirs = load_model(FIXTURES / "y7_w6_deploy.pt")
+    assert len(ours.model) == len(theirs.model) == 119 and ours.model[-1].f == theirs.model[-1].f == [114, 115, 116, 117]
+    assert [(type(m), m.f) for m in ours.model[:118]] == [(type(m), m.f) for m in theirs.model[:118]]
+    for a, b in zip(ours.model[-1].m, theirs.model[-1].m, strict=True):
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-3, atol=1e-7)  # fp16 spacing is 2**-10 relative
+        torch.testing.assert_close(a.bias, b.bias, rtol=1e-3, atol=1e-7)
+    out = ours(references["x"])[0]
+    train_out = references["files"]["y7_w6_train.pt"]["output"]
+    assert ((out - train_out).abs().max() / train_out.abs().max()).item() < 1e-5
 
 
 def test_a_folded_file_cannot_be_fine_tuned_and_says_so(tmp_path, data3):

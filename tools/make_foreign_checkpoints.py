@@ -19,7 +19,7 @@ tools/make_yolov7_reference.py:
     for v in 7.0 6.2 6.1; do mkdir -p /tmp/y5src$v; git -C /work/.mirror/ultralytics+yolov5/repo archive v$v \\
         | tar -x -C /tmp/y5src$v; done
     mkdir -p /tmp/yolov7
-    git -C /work/.mirror/WongKinYiu+yolov7/repo archive HEAD -- models utils cfg data train.py \\
+    git -C /work/.mirror/WongKinYiu+yolov7/repo archive HEAD -- models utils cfg data train.py train_aux.py \\
         tools/reparameterization.ipynb | tar -x -C /tmp/yolov7
     /tmp/y5venv/bin/python tools/make_foreign_checkpoints.py yolov5 --src /tmp/y5src7.0 --version v7.0
     /tmp/y5venv/bin/python tools/make_foreign_checkpoints.py yolov5 --src /tmp/y5src6.2 --version v6.2
@@ -30,10 +30,13 @@ tools/make_yolov7_reference.py:
 Each run writes its files, then computes their references in a fresh process (``--reference``) and loads each
 file back in another fresh process with their own code (``--check``), which must reproduce the stored output
 exactly. Re-running reproduces the files byte for byte (seeded; ``date`` is the release commit's date).
+``--only FILE...`` writes just the training runs those files come from (e.g. ``--only y7_w6_train.pt`` writes
+both W6 files), should a torch version change the bytes of the others. The YOLOv7 part lives in
+tools/make_foreign_checkpoints_y7.py.
 
 Written (tests/data/foreign/checkpoints/). YOLOv5: yolov5s.yaml at depth 0.33, width 1/64 (every channel count
 at make_divisible's floor of 8 but the last C3's 16), nc 80 with COCO names. YOLOv7: yolov7.yaml (every layer,
-RepConv included) at width 1/64, nc 80 with COCO names.
+RepConv included) at width 1/64, nc 80 with COCO names; cfg/training/yolov7-w6.yaml the same way.
   y5_v70_last.pt     YOLOv5 v7.0 (GitHub, models.yolo.DetectionModel): train.py's checkpoint dict as saved
                      mid-run (epoch 1, best_fitness from its ``fitness()``: a numpy float64 array, model, ema,
                      updates, optimizer state_dict with momentum buffers, opt = vars(opt) from its parse_opt
@@ -48,6 +51,9 @@ RepConv included) at width 1/64, nc 80 with COCO names.
                      fails on torch >= 1.12 (fixed in v6.2); the stripped file keeps the EMA either way.
   y5_pip_release.pt  pip yolov5 7.0.14 (yolov5.models.yolo.DetectionModel): its train.py dict (opt, date,
                      yolov5pip_version; no git) through its strip_optimizer.
+  y5_v70_p6_release.pt  v7.0's models/hub/yolov5n6.yaml (P3-P6, stride 64, four anchor sets) at width 1/64, its
+                     own training run like y5_v70_release.pt's, through the same strip_optimizer: the layout of
+                     the yolov5n6.pt ... yolov5x6.pt releases.
   y7_train.pt        YOLOv7 (commit a207844, models.yolo.Model, IDetect, RepConv unfused: rbr_dense, rbr_1x1
                      and, where this width makes c1 == c2, rbr_identity): its train.py dict (epoch,
                      best_fitness, training_results, model, ema, updates, optimizer, wandb_id) through its
@@ -61,6 +67,14 @@ RepConv included) at width 1/64, nc 80 with COCO names.
   y7_deploy_fused.pt y7_deploy.pt's model after their ``RepConv.fuse_repvgg_block()`` on each RepConv
                      (rbr_reparam, the layout of RepConv(deploy=True)), saved the notebook's way: the "RepConv
                      already folded" layout. No YOLOv7 script writes it; a user who saves a fused model does.
+  y7_w6_train.pt     yolov7-w6 (ReOrg stem, IAuxDetect at 122 on lead maps 114-117 and auxiliary maps 118-121)
+                     trained the way train_aux.py trains (its ComputeLossAuxOTA, which takes the images, and
+                     data/hyp.scratch.p6.yaml), its dict through strip_optimizer: yolov7-w6_training.pt's layout.
+                     485 KB: 675 tensors at width 1/64 (channels at the floor of 8, nc 80) pickle to that size.
+  y7_w6_deploy.pt    the notebook's "YOLOv7-W6 reparameterization" cell run on y7_w6_train.pt: Model from
+                     cfg/deploy/yolov7-w6.yaml (Detect at 118, the auxiliary rows gone), same-named tensors
+                     copied, IAuxDetect's lead convs (122, m.0-m.3) moved to 118 with ImplicitA/ImplicitM folded
+                     in; saved as the notebook saves yolov7-w6.pt.
 
 Training steps: before saving, train.py's own pieces run a few optimizer steps (EPOCHS x STEPS) on bus.jpg with
 fixed boxes: its ComputeLoss, ``smart_optimizer`` (YOLOv5 >= v6.2) or the SGD groups train.py builds inline,
@@ -91,6 +105,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -98,6 +113,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.modules.setdefault('make_foreign_checkpoints', sys.modules[__name__])  # one module for the YOLOv7 part's import
+LOGGER = logging.getLogger('make_foreign_checkpoints')
 _spec = importlib.util.spec_from_file_location('make_foreign_exports', ROOT / 'tools' / 'make_foreign_exports.py')
 mfe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mfe)  # keeps this repo off sys.path, sets YOLO_OFFLINE
@@ -135,9 +152,9 @@ def class_path(obj) -> str:
     return f'{type(obj).__module__}.{type(obj).__qualname__}'
 
 
-def train_steps(model, ema, optimizer, scheduler, compute_loss, x: torch.Tensor) -> list:
+def train_steps(model, ema, optimizer, scheduler, compute_loss, x: torch.Tensor, with_imgs: bool = False) -> list:
     """A few of train.py's optimizer steps (SGD, gradient clipping at 10, EMA update) on [x, flipped x], BatchNorm in
-    eval mode; returns the mean losses."""
+    eval mode; returns the mean losses. ``with_imgs``: the loss takes the images too (YOLOv7's OTA losses)."""
     imgs = torch.cat([x, x.flip(-1)])
     targets = torch.tensor(BOXES)
     targets[4:, 2] = 1 - targets[4:, 2]
@@ -151,7 +168,7 @@ def train_steps(model, ema, optimizer, scheduler, compute_loss, x: torch.Tensor)
             for g in optimizer.param_groups:  # train.py interpolates lr during warmup; frozen random BatchNorm makes
                 g['lr'] = LR_STEPS  # the tiny model diverge at lr0
             pred = model(imgs)
-            loss, loss_items = compute_loss(pred, targets)
+            loss, loss_items = compute_loss(pred, targets, imgs) if with_imgs else compute_loss(pred, targets)
             assert torch.isfinite(loss_items).all(), f'loss {loss_items.tolist()} at epoch {epoch} step {i}'
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
@@ -214,39 +231,48 @@ def y5_import(prefix: str, name: str):
     return importlib.import_module(prefix + name)
 
 
-def make_yolov5(version: str, src: Path) -> list:
+def y5_setup(version: str, src: Path):
+    """YOLOv5's own modules for ``version`` (shims applied), as a namespace."""
+    import types
     mfe.shim_torch()
     prefix, src = y5_modules(version, src)
     general = y5_import(prefix, 'utils.general')
-    commit, date = Y5[version]
+    commit = Y5[version][0]
     if hasattr(general, 'check_git_info'):  # v7.0: train.py calls it at import (gitpython; pip-installs it)
         general.check_git_info = lambda path='.': {'remote': 'https://github.com/ultralytics/yolov5',
                                                    'branch': 'master', 'commit': commit}
-    yolo = y5_import(prefix, 'models.yolo')
-    letterbox = y5_import(prefix, 'utils.augmentations').letterbox
-    torch_utils = y5_import(prefix, 'utils.torch_utils')
-    loss_mod = y5_import(prefix, 'utils.loss')
-    metrics = y5_import(prefix, 'utils.metrics')
-    train = y5_import(prefix, 'train')
+    names = ('models.yolo', 'utils.augmentations', 'utils.torch_utils', 'utils.loss', 'utils.metrics', 'train')
+    yolo, augmentations, torch_utils, loss_mod, metrics, train = (y5_import(prefix, n) for n in names)
+    return types.SimpleNamespace(version=version, src=src, general=general, yolo=yolo, torch_utils=torch_utils,
+                                 letterbox=augmentations.letterbox, loss_mod=loss_mod, metrics=metrics, train=train)
 
-    # opt as train.py's parse_opt + main() make it (relative paths: run from the repository root)
-    sys.argv = ['train.py', '--weights', '', '--cfg', 'models/yolov5s.yaml', '--data', 'data/coco128.yaml',
+
+def y5_opt(y5, cfg: str):
+    """opt as train.py's parse_opt + main() make it (relative paths: run from the repository root)."""
+    general = y5.general
+    sys.argv = ['train.py', '--weights', '', '--cfg', cfg, '--data', 'data/coco128.yaml',
                 '--hyp', 'data/hyps/hyp.scratch-low.yaml', '--imgsz', str(SIZE), '--epochs', str(EPOCHS),
                 '--batch-size', '16', '--device', 'cpu', '--project', 'runs/train']
-    opt = train.parse_opt(known=True)
+    opt = y5.train.parse_opt(known=True)
     opt.data, opt.cfg, opt.hyp, opt.weights, opt.project = (general.check_file(opt.data), general.check_yaml(opt.cfg),
                                                             general.check_yaml(opt.hyp), str(opt.weights),
                                                             str(opt.project))
     opt.save_dir = str(general.increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    return opt
+
+
+def y5_train_run(y5, cfg: str, seed: int) -> dict:
+    """A tiny model of ``cfg`` (a path under the sources) through train.py's optimizer, steps, EMA and checkpoint
+    dict; returns that dict unstripped."""
+    version, general, torch_utils = y5.version, y5.general, y5.torch_utils
+    opt = y5_opt(y5, cfg)
     hyp = yaml.safe_load(Path(opt.hyp).read_text())
     opt.hyp = hyp.copy()  # train(): "for saving hyps to checkpoints"
     names = yaml.safe_load(Path(opt.data).read_text())['names']
     if version == 'v7.0' or version == 'pip':
         names = dict(enumerate(names)) if isinstance(names, list) else names  # check_dataset's dict
     assert len(names) == 80
-
-    seed = {'v7.0': 0, 'v6.2': 2, 'v6.1': 3, 'pip': 5}[version]  # BatchNorm draws: each file its own outputs
-    model, xb = mfe.tiny_model(yolo.Model, src / 'models' / 'yolov5s.yaml', letterbox, seed=seed,
+    model, xb = mfe.tiny_model(y5.yolo.Model, y5.src / cfg, y5.letterbox, seed=seed,
                                depth_multiple=0.33, width_multiple=Y5_WIDTH, nc=80)
     nbs, batch_size = 64, opt.batch_size
     accumulate = max(round(nbs / batch_size), 1)
@@ -268,13 +294,11 @@ def make_yolov5(version: str, src: Path) -> list:
     if version == 'v6.1':  # its ComputeLoss fails on torch >= 1.12 (build_targets clamps long grid indices with a
         mloss = [0.0, 0.0, 0.0]  # float tensor; fixed in v6.2): no steps, the stripped file keeps the EMA anyway
     else:
-        mloss = train_steps(model, ema, optimizer, scheduler, loss_mod.ComputeLoss(model), xb)
+        mloss = train_steps(model, ema, optimizer, scheduler, y5.loss_mod.ComputeLoss(model), xb)
     ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
     results = (0.012, 0.034, 0.0051, 0.0012, *mloss)  # P, R, mAP@.5, mAP@.5-.95, val losses
-    best_fitness = metrics.fitness(np.array(results).reshape(1, -1))
-
     ckpt = {'epoch': EPOCHS - 1,
-            'best_fitness': best_fitness,
+            'best_fitness': y5.metrics.fitness(np.array(results).reshape(1, -1)),
             'model': copy.deepcopy(torch_utils.de_parallel(model)).half(),
             'ema': copy.deepcopy(ema.ema).half(),
             'updates': ema.updates,
@@ -284,26 +308,47 @@ def make_yolov5(version: str, src: Path) -> list:
     if version != 'v6.1':
         ckpt['opt'] = vars(opt)
     if version == 'v7.0':
-        ckpt['git'] = train.GIT_INFO
-    ckpt['date'] = date
+        ckpt['git'] = y5.train.GIT_INFO
+    ckpt['date'] = Y5[version][1]
     if version == 'pip':
         ckpt['yolov5pip_version'] = importlib.import_module('yolov5').__version__
+    return ckpt
 
+
+def y5_runs(version: str) -> list:
+    """(config under the sources, BatchNorm seed, files written) per training run of ``version``."""
     tag = {'v7.0': 'v70', 'v6.2': 'v62', 'v6.1': 'v61', 'pip': 'pip'}[version]
+    seed = {'v7.0': 0, 'v6.2': 2, 'v6.1': 3, 'pip': 5}[version]  # BatchNorm draws: each file its own outputs
+    runs = [('models/yolov5s.yaml', seed, ([f'y5_{tag}_last.pt'] if version == 'v7.0' else []) +
+             [f'y5_{tag}_release.pt'])]
+    if version == 'v7.0':
+        runs.append(('models/hub/yolov5n6.yaml', 6, ['y5_v70_p6_release.pt']))
+    return runs
+
+
+def make_yolov5(version: str, src: Path, only=None) -> list:
+    """The YOLOv5 files of ``version`` (``only``: the names to write, default all); returns their names."""
+    y5 = y5_setup(version, src)
     OUT.mkdir(parents=True, exist_ok=True)
     written = []
-    with tempfile.TemporaryDirectory() as tmp:
-        last = Path(tmp) / 'last.pt'
-        torch.save(ckpt, last)
-        if version == 'v7.0':
-            torch.save(ckpt, OUT / f'y5_{tag}_last.pt')
-            written.append(f'y5_{tag}_last.pt')
-        general.strip_optimizer(str(last), str(OUT / f'y5_{tag}_release.pt'))
-        written.append(f'y5_{tag}_release.pt')
+    for cfg, seed, files in y5_runs(version):
+        if only is not None and not set(only) & set(files):
+            continue
+        ckpt = y5_train_run(y5, cfg, seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            last = Path(tmp) / 'last.pt'
+            torch.save(ckpt, last)
+            for name in files:
+                if name.endswith('_last.pt'):
+                    torch.save(ckpt, OUT / name)
+                else:
+                    y5.general.strip_optimizer(str(last), str(OUT / name))
+        written += files
+    LOGGER.info('YOLOv5 %s: wrote %s', version, ', '.join(written))
     return written
 
 
-# ---------------------------------------------------------------------------------------------- YOLOv7
+# ---------------------------------------------------------------------------------------------- shared
 def sgd_groups(model, hyp: dict):
     """The SGD parameter groups YOLOv7's and YOLOv5 <= v6.1's train.py build inline (their loop, for the modules
     yolov7.yaml/yolov5s.yaml have): BatchNorm weights and implicit layers without decay, weights with decay,
@@ -325,104 +370,6 @@ def sgd_groups(model, hyp: dict):
     optimizer.add_param_group({'params': pg1, 'weight_decay': hyp['weight_decay']})
     optimizer.add_param_group({'params': pg2})
     return optimizer
-
-
-def notebook_deploy(ckpt_file: Path, deploy_cfg: dict, Model, is_parallel, deepcopy=copy.deepcopy) -> dict:
-    """tools/reparameterization.ipynb, "YOLOv7 reparameterization" cell, on CPU, with the deploy cfg as a dict
-    (cfg/deploy/yolov7.yaml at the tiny width)."""
-    device = torch.device('cpu')
-    ckpt = torch.load(ckpt_file, map_location=device)
-    model = Model(deploy_cfg, ch=3, nc=80).to(device)
-    yml = deploy_cfg
-    anchors = len(yml['anchors'][0]) // 2
-
-    state_dict = ckpt['model'].float().state_dict()
-    exclude = []
-    intersect_state_dict = {k: v for k, v in state_dict.items() if k in model.state_dict() and not any(x in k for x in exclude) and v.shape == model.state_dict()[k].shape}  # noqa: E501
-    model.load_state_dict(intersect_state_dict, strict=False)
-    model.names = ckpt['model'].names
-    model.nc = ckpt['model'].nc
-
-    for i in range((model.nc+5)*anchors):
-        model.state_dict()['model.105.m.0.weight'].data[i, :, :, :] *= state_dict['model.105.im.0.implicit'].data[:, i, : :].squeeze()  # noqa
-        model.state_dict()['model.105.m.1.weight'].data[i, :, :, :] *= state_dict['model.105.im.1.implicit'].data[:, i, : :].squeeze()  # noqa
-        model.state_dict()['model.105.m.2.weight'].data[i, :, :, :] *= state_dict['model.105.im.2.implicit'].data[:, i, : :].squeeze()  # noqa
-    model.state_dict()['model.105.m.0.bias'].data += state_dict['model.105.m.0.weight'].mul(state_dict['model.105.ia.0.implicit']).sum(1).squeeze()  # noqa
-    model.state_dict()['model.105.m.1.bias'].data += state_dict['model.105.m.1.weight'].mul(state_dict['model.105.ia.1.implicit']).sum(1).squeeze()  # noqa
-    model.state_dict()['model.105.m.2.bias'].data += state_dict['model.105.m.2.weight'].mul(state_dict['model.105.ia.2.implicit']).sum(1).squeeze()  # noqa
-    model.state_dict()['model.105.m.0.bias'].data *= state_dict['model.105.im.0.implicit'].data.squeeze()
-    model.state_dict()['model.105.m.1.bias'].data *= state_dict['model.105.im.1.implicit'].data.squeeze()
-    model.state_dict()['model.105.m.2.bias'].data *= state_dict['model.105.im.2.implicit'].data.squeeze()
-
-    ckpt = {'model': deepcopy(model.module if is_parallel(model) else model).half(),
-            'optimizer': None,
-            'training_results': None,
-            'epoch': -1}
-    return ckpt
-
-
-def make_yolov7(src: Path) -> list:
-    mfe.shim_torch()
-    sys.path.insert(0, str(src))  # YOLOv7's own `models`/`utils`
-    os.chdir(src)
-    from models.common import RepConv
-    from models.yolo import Model
-    from utils.datasets import letterbox
-    from utils.general import labels_to_class_weights, strip_optimizer, fitness
-    from utils.loss import ComputeLoss
-    from utils.torch_utils import ModelEMA, is_parallel
-
-    hyp = yaml.safe_load((src / 'data' / 'hyp.scratch.p5.yaml').read_text())
-    names = yaml.safe_load((src / 'data' / 'coco.yaml').read_text())['names']
-    model, xb = mfe.tiny_model(Model, src / 'cfg' / 'training' / 'yolov7.yaml', letterbox, seed=1,
-                               width_multiple=Y7_WIDTH, nc=80)
-    batch_size, nbs = 16, 64
-    accumulate = max(round(nbs / batch_size), 1)
-    hyp['weight_decay'] *= batch_size * accumulate / nbs
-    optimizer = sgd_groups(model, hyp)
-    scheduler = lambda_lr(optimizer, hyp['lrf'], EPOCHS)
-    ema = ModelEMA(model, updates=EMA_UPDATES)
-    nl = model.model[-1].nl
-    hyp['box'] *= 3. / nl
-    hyp['cls'] *= 80 / 80. * 3. / nl
-    hyp['obj'] *= (SIZE / 640) ** 2 * 3. / nl
-    hyp['label_smoothing'] = 0.0
-    model.nc, model.hyp, model.gr, model.names = 80, hyp, 1.0, names
-    labels = [np.array([b[1:] for b in BOXES if b[0] == i]) for i in range(2)]
-    model.class_weights = labels_to_class_weights(labels, 80) * 80
-    mloss = train_steps(model, ema, optimizer, scheduler, ComputeLoss(model), xb)
-    ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'gr', 'names', 'stride', 'class_weights'])
-    results = (0.012, 0.034, 0.0051, 0.0012, *mloss)
-    best_fitness = fitness(np.array(results).reshape(1, -1))
-    training_results = ''.join(  # results.txt: train.py's progress line + '%10.4g' * 7 % results, per epoch
-        ('%10s' * 2 + '%10.4g' * 6) % (f'{e}/{EPOCHS - 1}', '0G', *mloss, sum(mloss), len(BOXES), SIZE) +
-        '%10.4g' * 7 % results + '\n' for e in range(EPOCHS))
-
-    ckpt = {'epoch': EPOCHS - 1,
-            'best_fitness': best_fitness,
-            'training_results': training_results,
-            'model': copy.deepcopy(model.module if is_parallel(model) else model).half(),
-            'ema': copy.deepcopy(ema.ema).half(),
-            'updates': ema.updates,
-            'optimizer': optimizer.state_dict(),
-            'wandb_id': None}
-    OUT.mkdir(parents=True, exist_ok=True)
-    deploy_cfg = yaml.safe_load((src / 'cfg' / 'deploy' / 'yolov7.yaml').read_text())
-    deploy_cfg.update(width_multiple=Y7_WIDTH, nc=80)
-    with tempfile.TemporaryDirectory() as tmp:
-        last = Path(tmp) / 'last.pt'
-        torch.save(ckpt, last)
-        strip_optimizer(str(last), str(OUT / 'y7_train.pt'))  # what train.py leaves at the end of a run
-    torch.manual_seed(0)
-    deploy = notebook_deploy(OUT / 'y7_train.pt', deploy_cfg, Model, is_parallel)
-    torch.save(deploy, OUT / 'y7_deploy.pt')
-    fused = deploy['model'].float()
-    for m in fused.modules():
-        if isinstance(m, RepConv):
-            m.fuse_repvgg_block()
-    deploy = {'model': fused.half(), 'optimizer': None, 'training_results': None, 'epoch': -1}
-    torch.save(deploy, OUT / 'y7_deploy_fused.pt')
-    return ['y7_train.pt', 'y7_deploy.pt', 'y7_deploy_fused.pt']
 
 
 # ------------------------------------------------------------------------------------- references, checks
@@ -496,8 +443,8 @@ def reference(files: list, project: str, prefix: str, command: str) -> None:
         assert rel < 1e-3, (name, rel)  # fusing reorders the fp32 rounding (recorded, not zero)
         refs['files'][name] = entry
         summary[name] = info
-        print(f'{name}: {info["class"]}, keys {info["keys"]}, {info["weights_dtype"]}, '
-              f'{info["size_bytes"] / 1e3:.1f} KB, output from {which}, {info["boxes_conf_over_0.25"]} boxes > 0.25')
+        LOGGER.info('%s: %s, keys %s, %s, %.1f KB, output from %s, %d boxes > 0.25', name, info['class'], info['keys'],
+                    info['weights_dtype'], info['size_bytes'] / 1e3, which, info['boxes_conf_over_0.25'])
     torch.save(refs, path_pt)
     path_json.write_text(json.dumps(dict(sorted(summary.items())), indent=1) + '\n')
     sys.stdout.flush()
@@ -523,7 +470,7 @@ def check(files: list) -> None:
         assert which == ref['which'], name
         assert torch.equal(out, ref['output']), (name, float((out - ref['output']).abs().max()))
         assert torch.equal(before['anchors'], ref['anchors']) and before['anchors'].dtype == ref['anchors'].dtype, name
-        print(f'{name}: their output reproduced exactly ({which})')
+        LOGGER.info('%s: their output reproduced exactly (%s)', name, which)
 
 
 def main() -> None:
@@ -533,7 +480,13 @@ def main() -> None:
     parser.add_argument('--version', choices=tuple(Y5), default='v7.0', help='YOLOv5 version')
     parser.add_argument('--reference', nargs='+', help=argparse.SUPPRESS)  # internal: fresh-process steps
     parser.add_argument('--check', nargs='+', help=argparse.SUPPRESS)
+    parser.add_argument('--only', nargs='+', metavar='FILE', help='write only these files (and the runs they need)')
     opt = parser.parse_args()
+    handler = logging.StreamHandler(sys.stdout)  # its own: YOLOv5 <= v6.2 configures the root logger too
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
     src = opt.src.resolve() if opt.src else None
     if opt.reference or opt.check:
         mfe.shim_torch()
@@ -550,10 +503,14 @@ def main() -> None:
                        ('' if opt.version == 'pip' else f' --src /tmp/y5src{opt.version[1:]}'))
         reference(opt.reference, opt.which, prefix, command) if opt.reference else check(opt.check)
         return
-    if opt.which == 'yolov5':
-        written = make_yolov5(opt.version, src)
-    else:
-        written = make_yolov7(src)
+    spec = importlib.util.spec_from_file_location('make_foreign_checkpoints_y7', Path(__file__).with_name(
+        'make_foreign_checkpoints_y7.py'))  # the YOLOv7 part
+    y7 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(y7)
+    known = y7.Y7_FILES + y7.W6_FILES if opt.which == 'yolov7' else [f for *_, fs in y5_runs(opt.version) for f in fs]
+    if opt.only and set(opt.only) - set(known):
+        parser.error(f'--only: {sorted(set(opt.only) - set(known))} are not written by this run (it writes {known})')
+    written = make_yolov5(opt.version, src, opt.only) if opt.which == 'yolov5' else y7.make_yolov7(src, opt.only)
     args = [sys.executable, str(Path(__file__).resolve()), opt.which, '--version', opt.version]
     args += ['--src', str(src)] if src else []
     for step in ('--reference', '--check'):
