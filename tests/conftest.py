@@ -84,8 +84,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tracked_run(tmp_path_factory, tiny_data):
-    """One 1-epoch training on tiny_data with every hook recorded by a user callback, Weights & Biases in
-    offline mode (enabled by WANDB_MODE) and MLflow on a local file store (--track mlflow): (run folder,
+    """One 1-epoch training on tiny_data with every hook recorded by a user callback, Weights & Biases and Comet
+    offline (enabled by WANDB_MODE, COMET_MODE) and MLflow on a local file store (--track mlflow): (run folder,
     recorded calls [(hook, args, kwargs)], MLflow tracking URI, hyperparameters used). Shared by
     test_callbacks.py and test_trackers.py."""
     import train
@@ -99,9 +99,11 @@ def tracked_run(tmp_path_factory, tiny_data):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in dict(WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_DATA_DIR=str(tmp / "wandb-data"),
                                WANDB_CACHE_DIR=str(tmp / "wandb-cache"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"),
-                               MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true").items():
+                               MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true", COMET_MODE="offline",
+                               COMET_ERROR_TRACKING_ENABLE="false").items():  # no Sentry reports from Comet
             mp.setenv(key, value)
-        mp.delenv("WANDB_PROJECT", raising=False)
+        for key in ("WANDB_PROJECT", "COMET_PROJECT_NAME", "COMET_OFFLINE_DIRECTORY"):
+            mp.delenv(key, raising=False)
         train.run(data=str(tiny_data), cfg="yolov5s_RepVGG.yaml", imgsz=64, batch_size=8, workers=0, epochs=1,
                   project=str(tmp / "runs"), name="exp", track=["mlflow"], callbacks=callbacks)
     import yaml

@@ -91,13 +91,41 @@ def test_mlflow_store_holds_params_metrics_plots_and_best(tracked_run, tmp_path)
     assert Path(local).read_bytes() == (run_dir / "weights" / "best.pt").read_bytes()
 
 
+def test_comet_offline_archive_holds_hyp_metrics_plots_and_best(tracked_run):
+    """The zip comet_ml's OfflineExperiment writes (what `comet upload` sends): messages.json, one JSON message a
+    line, and the uploaded files as members."""
+    import zipfile
+
+    run_dir, _, _, hyp = tracked_run
+    (archive,) = (run_dir / "comet").glob("*.zip")
+    with zipfile.ZipFile(archive) as z:
+        by_type = {}
+        for line in z.read("messages.json").decode().splitlines():
+            message = json.loads(line)
+            by_type.setdefault(message["type"], []).append(message["payload"])
+        params = [p.get("param") or p["params"] for p in by_type["parameter_msg"]]  # "params": list values
+        params = {p["paramName"]: p["paramValue"] for p in params if p["source"] == "manual"}
+        assert params["lr0"] == hyp["lr0"] and params["epochs"] == 1 and params["freeze"] == [0]
+        metrics = {}
+        for p in by_type["metric_msg"]:
+            metrics.setdefault(p["metric"]["metricName"], []).append(p["metric"]["step"])
+        assert all(metrics[k] == [0] for k in RESULT_KEYS), metrics
+        uploads = by_type["file_upload"]
+        images = {Path(p["additional_params"]["figName"]).stem for p in uploads if "figName" in p["additional_params"]}
+        assert PLOTS <= images
+        (model,) = [p for p in uploads if p["additional_params"].get("type") == "model-element"]
+        assert model["additional_params"]["fileName"] == "best.pt"
+        assert z.read(model["file_path"]) == (run_dir / "weights" / "best.pt").read_bytes()
+
+
 def test_checkpoints_keep_tracker_run_ids_as_plain_data(tracked_run):
     run_dir = tracked_run[0]
     for name in ("last.pt", "best.pt"):
         trackers = torch.load(run_dir / "weights" / name, weights_only=True)["trackers"]
-        assert sorted(trackers) == ["mlflow", "wandb"] and all(isinstance(v, str) for v in trackers.values())
+        assert sorted(trackers) == ["comet", "mlflow", "wandb"] and all(isinstance(v, str) for v in trackers.values())
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert offline.name.endswith(trackers["wandb"])
+    assert (run_dir / "comet" / f"{trackers['comet']}.zip").exists()
 
 
 def test_resumed_training_continues_the_tracker_runs(tracked_run, tmp_path, monkeypatch):
@@ -115,6 +143,9 @@ def test_resumed_training_continues_the_tracker_runs(tracked_run, tmp_path, monk
     for key in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(key, str(tmp_path / key))
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("COMET_MODE", "offline")
+    monkeypatch.setenv("COMET_ERROR_TRACKING_ENABLE", "false")  # no Sentry reports from Comet
+    monkeypatch.delenv("COMET_OFFLINE_DIRECTORY", raising=False)
     save_dir = tmp_path / "runs" / "exp"
     save_dir.mkdir(parents=True)
     callbacks = Callbacks()
@@ -130,6 +161,8 @@ def test_resumed_training_continues_the_tracker_runs(tracked_run, tmp_path, monk
     (offline,) = (save_dir / "wandb").glob("offline-run-*")
     (run,) = of_type(wandb_records(next(offline.glob("run-*.wandb"))), "run")
     assert run.run_id == ckpt["trackers"]["wandb"]
+    (archive,) = (save_dir / "comet").glob("*.zip")  # ExistingOfflineExperiment: <key>-<suffix>.zip
+    assert archive.name.startswith(ckpt["trackers"]["comet"])
 
 
 def test_configured_reads_each_trackers_own_settings(monkeypatch, tmp_path):
@@ -152,10 +185,11 @@ sys.path.insert(0, {root!r})
 import train, utils.training.trainer
 from utils.loggers import enabled_trackers, installed
 
-print("UNCONFIGURED:", installed("wandb"), installed("mlflow"), enabled_trackers(),
-      sorted(m for m in sys.modules if m.split(".")[0] in ("wandb", "mlflow")))
-os.environ.update(WANDB_MODE="offline", MLFLOW_TRACKING_URI={uri!r})  # configured, but:
-for name in ("wandb", "mlflow"):
+LIBS = ("wandb", "mlflow", "comet_ml")
+print("UNCONFIGURED:", [installed(m) for m in LIBS], enabled_trackers(),
+      sorted(m for m in sys.modules if m.split(".")[0] in LIBS))
+os.environ.update(WANDB_MODE="offline", MLFLOW_TRACKING_URI={uri!r}, COMET_MODE="offline")  # configured, but:
+for name in LIBS:
     sys.modules[name] = None  # as if uninstalled: import and importlib.util.find_spec both fail
 train.run(data={data!r}, cfg="yolov5s_RepVGG.yaml", imgsz=64, batch_size=8, workers=0, epochs=1,
           project={project!r}, name="exp", noplots=True, noautoanchor=True)
@@ -163,7 +197,7 @@ try:
     train.run(data={data!r}, epochs=1, project={project!r}, track=["wandb"])
 except ValueError as e:
     print("REFUSED:", e)
-print("LOADED:", sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("wandb", "mlflow")))
+print("LOADED:", sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in LIBS))
 """
 
 
@@ -171,17 +205,17 @@ def test_trackers_unconfigured_or_unavailable_cost_nothing(tiny_data, tmp_path):
     """In one process: installed but not configured, importing the training code and deciding the trackers imports
     neither library; then configured (WANDB_MODE, MLFLOW_TRACKING_URI) but not installed, the run trains as before,
     imports neither, and --track is refused naming the package."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
-    env["HOME"] = str(tmp_path)  # no ~/.netrc from a wandb login
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "COMET_"))}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc from a wandb login, no ~/.comet.config
     script = UNAVAILABLE.format(root=str(ROOT), data=str(tiny_data), project=str(tmp_path / "runs"),
                                 uri=f"file:{tmp_path / 'mlruns'}")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "UNCONFIGURED: True True [] []" in done.stdout
+    assert "UNCONFIGURED: [True, True, True] [] []" in done.stdout
     assert "REFUSED: --track wandb: the wandb package is not installed (pip install wandb)" in done.stdout
     assert "LOADED: []" in done.stdout
     run_dir = tmp_path / "runs" / "exp"
     assert (run_dir / "results.csv").exists() and (run_dir / "weights" / "best.pt").exists()
-    assert not (run_dir / "wandb").exists() and not (tmp_path / "mlruns").exists()
+    assert not any((run_dir / d).exists() for d in ("wandb", "comet")) and not (tmp_path / "mlruns").exists()
     assert torch.load(run_dir / "weights" / "best.pt", weights_only=True)["trackers"] == {}
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["exp"]  # the refused run claimed no folder

@@ -7,6 +7,7 @@ the way its users configure it (``TRACKER_SETTINGS``):
 - ``wandb``: ``WANDB_MODE`` set to online/offline, ``WANDB_API_KEY`` set, or a ``wandb login`` (~/.netrc);
   ``WANDB_MODE=disabled`` (or ``WANDB_DISABLED=true``) keeps it off unless ``--track wandb`` is given.
 - ``mlflow``: ``MLFLOW_TRACKING_URI`` set.
+- ``comet``: ``COMET_API_KEY`` set, ``COMET_MODE=offline``, or a ~/.comet.config.
 
 Deciding costs no import of the tracker's library (``importlib.util.find_spec`` only); a tracker that is not
 enabled is never imported. Each tracker's run id is stored in the checkpoints (plain data under
@@ -25,8 +26,9 @@ from utils.general import LOGGER
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
-TRACKERS = ("wandb", "mlflow")  # --track choices; module utils/loggers/<name>_logger.py, class Tracker
-PIP_NAMES = {"wandb": "wandb", "mlflow": "mlflow-skinny"}
+TRACKERS = ("wandb", "mlflow", "comet")  # --track choices; module utils/loggers/<name>_logger.py, class Tracker
+PIP_NAMES = {"wandb": "wandb", "mlflow": "mlflow-skinny", "comet": "comet_ml"}
+MODULES = {"wandb": "wandb", "mlflow": "mlflow", "comet": "comet_ml"}
 
 
 def installed(module: str) -> bool:
@@ -54,20 +56,24 @@ def configured(name: str, env=None) -> bool:
         return mode in ("online", "offline") or bool(env.get("WANDB_API_KEY")) or _wandb_logged_in()
     if name == "mlflow":
         return bool(env.get("MLFLOW_TRACKING_URI"))
+    if name == "comet":
+        return (bool(env.get("COMET_API_KEY")) or env.get("COMET_MODE", "").lower() == "offline"
+                or (Path.home() / ".comet.config").is_file())
     raise ValueError(f"unknown tracker {name!r}; trackers are {', '.join(TRACKERS)}")
 
 
 def check_trackers(requested) -> None:
     """Refuse ``--track NAME`` for a library that is not installed, before any work."""
     for name in requested:
-        if not installed(name):
-            raise ValueError(f"--track {name}: the {name} package is not installed (pip install {PIP_NAMES[name]})")
+        if not installed(MODULES[name]):
+            raise ValueError(f"--track {name}: the {MODULES[name]} package is not installed "
+                             f"(pip install {PIP_NAMES[name]})")
 
 
 def enabled_trackers(requested=()) -> list[str]:
     """The trackers this run logs to: those requested, and those installed and configured."""
     check_trackers(requested)
-    return [t for t in TRACKERS if t in requested or (installed(t) and configured(t))]
+    return [t for t in TRACKERS if t in requested or (installed(MODULES[t]) and configured(t))]
 
 
 class Loggers:
