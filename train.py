@@ -21,6 +21,7 @@ import sys
 
 from utils.checkpoint import CheckpointError
 from utils.general import LOGGER, TrainingDiverged, setup_logging
+from utils.loggers import TRACKERS
 from utils.training.train_config import CACHES, DEFAULT_CFG, OPTIMIZERS, TrainConfig, make_config
 from utils.training.launch import train
 
@@ -62,20 +63,23 @@ def parse_opt(argv=None) -> TrainConfig:
                    help="evolve hyperparameters for this many generations (300 if no number); same --name continues")
     p.add_argument("--seed", type=int, help="global training seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exactly reproducible runs)")
+    p.add_argument("--track", nargs="+", choices=TRACKERS, help="log to these experiment trackers (also on when "
+                   "installed and configured: README 'Tracking experiments')")
     try:
         return make_config(**vars(p.parse_args(argv)))
     except ValueError as e:  # the message run(**kwargs) raises, as a usage error (exit code 2)
         p.error(str(e))
 
 
-def main(config: TrainConfig):
+def main(config: TrainConfig, callbacks=None):
     setup_logging(verbose=int(os.environ.get("RANK", -1)) in (-1, 0))  # DDP: rank 0 alone logs
-    return train(config)
+    return train(config, callbacks)
 
 
-def run(**kwargs):
-    """Python entry point: ``train.run(data='coco128.yaml', imgsz=320, epochs=1)``."""
-    return main(make_config(**kwargs))
+def run(callbacks=None, **kwargs):
+    """Python entry point: ``train.run(data='coco128.yaml', imgsz=320, epochs=1)``. ``callbacks``: a
+    ``utils.callbacks.Callbacks`` or a dict of hook -> callable (see utils/callbacks.py for the hooks)."""
+    return main(make_config(**kwargs), callbacks)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,33 @@ def tiny_data(tmp_path_factory) -> Path:
     from helpers import shapes_data
 
     return shapes_data(tmp_path_factory.mktemp("tiny"), "tiny", n_train=24, n_val=8, imgsz=96, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory, tiny_data):
+    """One 1-epoch training on tiny_data with every hook recorded by a user callback, Weights & Biases and Comet
+    offline (enabled by WANDB_MODE, COMET_MODE) and MLflow on a local file store (--track mlflow): (run folder,
+    recorded calls [(hook, args, kwargs)], MLflow tracking URI, hyperparameters used). Shared by
+    test_callbacks.py and test_trackers.py."""
+    import train
+    from utils.callbacks import HOOKS, Callbacks
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    calls, callbacks = [], Callbacks()
+    for hook in HOOKS:
+        callbacks.register_action(hook, "recorder", lambda *a, _hook=hook, **k: calls.append((_hook, a, k)))
+    uri = f"file:{tmp / 'mlruns'}"
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in dict(WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_DATA_DIR=str(tmp / "wandb-data"),
+                               WANDB_CACHE_DIR=str(tmp / "wandb-cache"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"),
+                               MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true", COMET_MODE="offline",
+                               COMET_ERROR_TRACKING_ENABLE="false").items():  # no Sentry reports from Comet
+            mp.setenv(key, value)
+        for key in ("WANDB_PROJECT", "COMET_PROJECT_NAME", "COMET_OFFLINE_DIRECTORY"):
+            mp.delenv(key, raising=False)
+        train.run(data=str(tiny_data), cfg="yolov5s_RepVGG.yaml", imgsz=64, batch_size=8, workers=0, epochs=1,
+                  project=str(tmp / "runs"), name="exp", track=["mlflow"], callbacks=callbacks)
+    import yaml
+
+    hyp = yaml.safe_load((tmp / "runs" / "exp" / "hyp.yaml").read_text())
+    return tmp / "runs" / "exp", calls, uri, hyp

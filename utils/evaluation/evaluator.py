@@ -111,17 +111,20 @@ class Validation:
 
 def validate(model, dataloader, *, names, single_cls=False, half=False, fuse=False, conf_thres=0.001, iou_thres=0.6,
              max_det=300, augment=False, compute_loss=None, plots=False, save_dir=Path(""), verbose=False,
-             save_txt=False, save_conf=False, save_json=False, class_map=None) -> Validation:
+             save_txt=False, save_conf=False, save_json=False, class_map=None, callbacks=None) -> Validation:
     """Validate ``model`` (an in-memory ``Model``, any file ``load_backend`` reads, or a backend) on a YOLO
     dataloader: detections, YOLOv5's table, optional plots and txt/json output. ``half`` runs an fp16 copy,
-    ``fuse`` a folded copy (the same function, faster: training validates that way)."""
+    ``fuse`` a folded copy (the same function, faster: training validates that way). ``callbacks`` (a
+    ``utils.callbacks.Callbacks``) get the on_val_* hooks."""
     backend = load_backend(model, fp16=half, fuse=fuse)
     nc = 1 if single_cls else backend.nc
     collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
     loss, dt, shapes = evaluate(backend, dataloader, collector, conf_thres=conf_thres, iou_thres=iou_thres,
                                 max_det=max_det, augment=augment, compute_loss=compute_loss, plots=plots,
-                                save_dir=save_dir, names=names)
+                                save_dir=save_dir, names=names, callbacks=callbacks)
     results = score(collector, nc, names, verbose=verbose, plots=plots, save_dir=save_dir)
+    if callbacks is not None:
+        callbacks.run("on_val_end", results)
     times = tuple(x / max(len(collector.preds), 1) * 1e3 for x in dt)
     metrics = (results["precision"], results["recall"], results["map50"], results["map"], *loss.cpu().tolist())
     return Validation(metrics, per_class_map(results, nc), times, results, collector, shapes)
@@ -129,7 +132,7 @@ def validate(model, dataloader, *, names, single_cls=False, half=False, fuse=Fal
 
 @torch.no_grad()
 def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou_thres=0.6, max_det=300,
-             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=()):
+             augment=False, compute_loss=None, plots=False, save_dir=Path(""), names=(), callbacks=None):
     """Run a backend over ``dataloader`` into ``collector``; return (mean losses (3,), seconds, input shapes):
     the shapes are every distinct batch shape as the backend ran it (a fixed batch size pads), in first-run order.
 
@@ -140,7 +143,10 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
     loss = torch.zeros(3, device=device)
     dt = [0.0, 0.0, 0.0]
     input_shapes: dict[tuple, None] = {}  # an ordered set
+    hook = callbacks.run if callbacks is not None else (lambda *args: None)
+    hook("on_val_start")
     for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="validating", leave=False)):
+        hook("on_val_batch_start")
         t0 = time.perf_counter()
         im = im.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
@@ -161,6 +167,7 @@ def evaluate(backend, dataloader, collector: Collector, *, conf_thres=0.001, iou
         t3 = synced_time(device)
         dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
         collector.add_batch(preds, targets, im, paths, shapes)
+        hook("on_val_batch_end", batch_i, im, targets, paths, shapes, preds)
         if plots and batch_i < 3:
             plot_images(im, targets, paths, Path(save_dir) / f"val_batch{batch_i}_labels.jpg", names)
             plot_images(im, output_to_target(preds), paths, Path(save_dir) / f"val_batch{batch_i}_pred.jpg", names)

@@ -19,9 +19,18 @@ from utils.training.train_config import TrainConfig, prepare, require_config
 SINGLE_PROCESS_ONLY = ("evolve", "image_weights")
 
 
-def train(config: TrainConfig):
-    """Train as ``config`` says: YOLOv5's 7 final results, or with ``--evolve`` the best hyperparameters."""
+def train(config: TrainConfig, callbacks=None):
+    """Train as ``config`` says: YOLOv5's 7 final results, or with ``--evolve`` the best hyperparameters.
+    ``callbacks``: a ``utils.callbacks.Callbacks`` or a dict of hook -> callable, fired by the trainer
+    (not under ``--evolve``)."""
+    from utils.callbacks import as_callbacks
+    from utils.loggers import check_trackers
+
     require_config(config, "train")
+    as_callbacks(callbacks)  # an unknown hook or a non-callable fails now, before any work
+    check_trackers(config.track)
+    if callbacks is not None and config.evolve:
+        raise ValueError("callbacks are not supported with --evolve (each generation is its own training)")
     local_rank = int(os.environ.get("LOCAL_RANK", -1))
     rank = int(os.environ.get("RANK", -1))
     if local_rank != -1:
@@ -43,7 +52,7 @@ def train(config: TrainConfig):
             return evolve(config, hyp, data, device, rank)
         from utils.training.trainer import train_once  # heavy imports only when training
 
-        return train_once(config, hyp, data, device, ckpt, rank)
+        return train_once(config, hyp, data, device, ckpt, rank, callbacks)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

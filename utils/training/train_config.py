@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Union
 
 from utils.general import ANY, LOGGER, OPTION_RULES, ROOT, Rule, check_against, increment_path, load_yaml
+from utils.loggers import TRACKERS
 
 DEFAULT_CFG = "yolov5s_RepVGG.yaml"
 DEFAULT_DATA = str(ROOT / "data/shapes.yaml")
@@ -60,6 +61,7 @@ class TrainConfig:
     evolve: Union[int, None] = None
     seed: int = 0
     deterministic: bool = False
+    track: tuple = ()  # experiment trackers to log to (utils.loggers.TRACKERS), beside those configured by env
     save_dir: str = ""  # the run folder, once prepare() claimed it
 
     def __post_init__(self):
@@ -106,6 +108,7 @@ RULES = {  # the flags val.py and detect.py share keep their rules from utils.ge
     "save_period": Rule(int, ANY, "an integer"),
     "evolve": Rule(int, lambda v: v >= 1, ">= 1 generations", optional=True),
     "seed": Rule(int, ANY, "an integer"),
+    "track": Rule(tuple, lambda v: all(t in TRACKERS for t in v), f"trackers among {', '.join(TRACKERS)}"),
 }
 FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in RESOLVED)
 
@@ -117,6 +120,8 @@ def _normalized(options: dict) -> dict:
         if isinstance(v, Path):
             v = str(v)
         elif k == "freeze" and isinstance(v, (list, int)):
+            v = tuple(v) if isinstance(v, list) else (v,)
+        elif k == "track" and isinstance(v, (list, str)):
             v = tuple(v) if isinstance(v, list) else (v,)
         elif k == "device" and isinstance(v, int) and not isinstance(v, bool):
             v = str(v)  # run(device=0), as YOLOv5 allows

@@ -7,7 +7,6 @@ update count, epoch and best fitness.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -22,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.yolo import Model
+from utils.callbacks import as_callbacks
 from utils.atomic import sweep_stale
 from utils.training.autoanchor import check_anchors
 from utils.checkpoint import (checkpoint_yaml, load_model, load_pretrained, model_from_record, save_checkpoint,
@@ -30,6 +30,7 @@ from utils.datasets.dataloaders import create_dataloader
 from utils.evaluation.evaluator import validate
 from utils.general import LOGGER, TrainingDiverged, check_imgsz
 from utils.hyperparameters import DEFAULTS
+from utils.loggers import attach_loggers
 from utils.training.loss import ComputeLoss
 from utils.training.loss_ota import ComputeLossAuxOTA, ComputeLossOTA
 from utils.evaluation.metrics import class_weights, fitness, image_weights
@@ -37,11 +38,6 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.signals import signal_name
 from utils.training.train_config import TrainConfig, require_config
 from utils.torch_utils import EarlyStopping, ModelEMA, de_parallel, init_seeds, smart_optimizer, to_channels_last
-
-RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-               "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
-               "x/lr0", "x/lr1", "x/lr2")
-
 
 def check_amp(model: nn.Module, device: torch.device) -> bool:
     """Mixed precision only where it reproduces fp32 on this model and device (else fall back)."""
@@ -86,10 +82,12 @@ class Trainer:
     (``train_epoch``, validation of the EMA, logging, checkpoints) and ends with ``finish()`` (strip the
     checkpoints, validate best.pt with plots, draw results.png). ``hyp`` stays as the user gave it, which
     is what checkpoints store; the loss gets a scaled copy (``loss_hyp``) and the optimizer a scaled
-    weight decay.
+    weight decay. ``callbacks`` (a ``utils.callbacks.Callbacks`` or a dict of hook -> callable) fire at YOLOv5's
+    hooks; results.csv, TensorBoard and the experiment trackers are callbacks too (``utils.loggers``), on rank 0.
     """
 
-    def __init__(self, config: TrainConfig, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None):
+    def __init__(self, config: TrainConfig, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None,
+                 callbacks=None):
         require_config(config, "Trainer")
         self.config, self.data, self.device, self.ckpt = config, data, device, ckpt
         self.hyp = dict(hyp)
@@ -102,9 +100,13 @@ class Trainer:
         self.data_nc = int(data["nc"])  # label files are checked against this; --single-cls then maps all to 0
         self.nc = 1 if config.single_cls else self.data_nc
         self.names = ["item"] if config.single_cls and len(data["names"]) != 1 else list(data["names"])
-        self.start_epoch, self.best_fitness, self.tb, self.lr = 0, 0.0, None, []
+        self.start_epoch, self.best_fitness, self.lr = 0, 0.0, []
         self.saved_epoch = None  # the epoch last.pt holds (for the message when training is interrupted)
         self.maps = np.zeros(self.nc)  # mAP50-95 per class of the last validation (--image-weights)
+        self.callbacks = as_callbacks(callbacks)  # a copy: the loggers are not added to the caller's object
+        self.callbacks.run("on_pretrain_routine_start")
+        self.loggers = attach_loggers(self.callbacks, self.save_dir, {**config.to_dict(), **self.hyp}, ckpt,
+                                      config.track) if self.main else None
 
         self.model = self._build_model()
         self.gs = max(int(self.model.stride.max()), 32)
@@ -222,6 +224,7 @@ class Trainer:
                 if not config.noautoanchor:
                     check_anchors(dataset, de_parallel(self.model), thr=self.hyp["anchor_t"], imgsz=self.imgsz, seed=config.seed)
                     self.ema.ema.load_state_dict(de_parallel(self.model).state_dict())  # anchors may have changed
+            self.callbacks.run("on_pretrain_routine_end", labels, self.names)
         return train_loader, dataset, val_loader
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
@@ -277,6 +280,7 @@ class Trainer:
         bar = tqdm(enumerate(self.train_loader), total=nb, disable=not self.main,
                    bar_format="{l_bar}{bar:10}{r_bar}")
         for i, (imgs, targets, paths, _) in bar:
+            self.callbacks.run("on_train_batch_start")
             ni = i + nb * epoch
             imgs = imgs.to(self.device, non_blocking=True).float() / 255
             if ni <= nw:
@@ -301,6 +305,7 @@ class Trainer:
                     f"{epoch}/{config.epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1]))
                 if ni < 3 and not config.noplots:
                     plot_images(imgs, targets, paths, self.save_dir / f"train_batch{ni}.jpg", self.names)
+                self.callbacks.run("on_train_batch_end", model, ni, imgs, targets, paths, mloss.tolist())
         self.lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
         return mloss
@@ -326,22 +331,41 @@ class Trainer:
 
     def train(self) -> tuple:
         config = self.config
-        nb = len(self.train_loader)
-        nw = max(round(self.hyp["warmup_epochs"] * nb), 100) if self.hyp["warmup_epochs"] > 0 else -1
-        results = (0, 0, 0, 0, 0, 0, 0)
         if self.main:
-            self.start_logging()
             LOGGER.info(f"Image sizes {self.imgsz} train, {self.imgsz} val\nLogging results to {self.save_dir}\n"
                         f"Starting training for {config.epochs} epochs...")
             LOGGER.info(("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
-        t0, epoch = time.time(), self.start_epoch
+        t0 = time.time()
+        try:
+            self.callbacks.run("on_train_start")
+            epoch, results = self.fit()
+            if self.main:
+                LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+                try:
+                    results = self.finish(epoch)
+                except KeyboardInterrupt as e:
+                    LOGGER.warning(f"\nStopped by {signal_name(e)} after the last epoch, while finishing: the weights "
+                                   f"in {self.wdir} are complete (check them with python val.py --weights {self.best})")
+                    raise
+        finally:
+            self.callbacks.run("teardown")  # loggers close their files and tracker runs, also after Ctrl-C
+        return results
+
+    def fit(self) -> tuple:
+        """The epochs: train, validate the EMA, log, save, stop early. (last epoch run, its results)."""
+        config = self.config
+        nb = len(self.train_loader)
+        nw = max(round(self.hyp["warmup_epochs"] * nb), 100) if self.hyp["warmup_epochs"] > 0 else -1
+        results, epoch = (0, 0, 0, 0, 0, 0, 0), self.start_epoch
         try:
             for epoch in range(self.start_epoch, config.epochs):
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
+                self.callbacks.run("on_train_epoch_start")
                 t_epoch = time.perf_counter()
                 mloss = self.train_epoch(epoch, nw)
                 self.log_speed(epoch, time.perf_counter() - t_epoch)
+                self.callbacks.run("on_train_epoch_end", epoch=epoch)
                 stop = False
                 if self.main:
                     final = epoch + 1 == config.epochs
@@ -350,7 +374,8 @@ class Trainer:
                     fi = float(fitness(np.array(results).reshape(1, -1))[0])
                     stop = self.stopper(epoch, fi)
                     self.best_fitness = max(self.best_fitness, fi)
-                    self.log_epoch(epoch, mloss, results)
+                    self.callbacks.run("on_fit_epoch_end", [*mloss.tolist(), *results, *self.lr], epoch,
+                                       self.best_fitness, fi)
                     if not config.nosave or final:
                         self.save(epoch, fi)
                 if self.rank != -1:  # every rank must agree on stopping
@@ -363,25 +388,15 @@ class Trainer:
                     break
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under train.py: say what is saved, then stop
             self.log_interrupted(e, epoch)
-            if self.tb:
-                self.tb.close()
             raise
-        if self.main:
-            LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-            try:
-                results = self.finish()
-            except KeyboardInterrupt as e:
-                LOGGER.warning(f"\nStopped by {signal_name(e)} after the last epoch, while finishing: the weights "
-                               f"in {self.wdir} are complete (check them with python val.py --weights {self.best})")
-                raise
-        return results
+        return epoch, results
 
     def validate(self, model: nn.Module, plots: bool, verbose: bool = False, with_maps: bool = False):
         """YOLOv5's result tuple for ``model`` on the validation set (and mAP50-95 per class if ``with_maps``);
         a folded copy (1.4-2x faster, same function), in fp16 when training used AMP on CUDA."""
         v = validate(model, self.val_loader, names=self.names, single_cls=self.config.single_cls,
                      half=self.amp and self.device.type == "cuda", fuse=True, compute_loss=self.compute_loss,
-                     plots=plots, save_dir=self.save_dir, verbose=verbose)
+                     plots=plots, save_dir=self.save_dir, verbose=verbose, callbacks=self.callbacks)
         return (v.metrics, v.maps) if with_maps else v.metrics
 
     # ---- outputs --------------------------------------------------------------------------
@@ -393,35 +408,12 @@ class Trainer:
         mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
         LOGGER.info(f"Epoch {epoch} speed: {images / seconds:.1f} img/s, peak CUDA memory {mem:.2f} GiB")
 
-    def start_logging(self) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.save_dir))
-        except ImportError:  # tensorboard is in requirements.txt; keep training if someone removed it
-            LOGGER.warning("tensorboard is not installed: no TensorBoard logs")
-        csv_file = self.save_dir / "results.csv"
-        if self.ckpt is not None and csv_file.exists():  # drop rows of epochs the checkpoint does not contain
-            rows = list(csv.reader(csv_file.open()))
-            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) < self.start_epoch]
-            with csv_file.open("w", newline="") as f:
-                csv.writer(f).writerows(keep)
-
-    def log_epoch(self, epoch: int, mloss: torch.Tensor, results) -> None:
-        values = [*mloss.tolist(), *results, *self.lr]
-        csv_file = self.save_dir / "results.csv"
-        header = "" if csv_file.exists() else ",".join(["%20s" % "epoch", *("%20s" % k for k in RESULT_KEYS)]) + "\n"
-        with csv_file.open("a") as f:
-            f.write(header + ",".join(["%20i" % epoch, *("%20.5g" % v for v in values)]) + "\n")
-        if self.tb:
-            for k, v in zip(RESULT_KEYS, values):
-                self.tb.add_scalar(k, v, epoch)
-
     def save(self, epoch: int, fi: float) -> None:
         extra = dict(epoch=epoch, best_fitness=self.best_fitness, ema_updates=self.ema.updates,
                      train_state_dict={k: v.detach().cpu().clone() for k, v in de_parallel(self.model).state_dict().items()},
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                     opt=self.config.to_dict(), hyp=self.hyp, maps=self.maps.tolist(), date=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                     opt=self.config.to_dict(), hyp=self.hyp, maps=self.maps.tolist(), date=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     trackers=self.loggers.run_ids())  # a resumed run continues these tracker runs
         self.ema.ema.names = self.names
         save_checkpoint(self.last, self.ema.ema, **extra)
         self.saved_epoch = epoch
@@ -429,6 +421,7 @@ class Trainer:
             save_checkpoint(self.best, self.ema.ema, **extra)
         if self.config.save_period > 0 and epoch % self.config.save_period == 0:
             save_checkpoint(self.wdir / f"epoch{epoch}.pt", self.ema.ema, **extra)
+        self.callbacks.run("on_model_save", self.last, epoch, epoch + 1 == self.config.epochs, self.best_fitness, fi)
 
     def log_interrupted(self, e: KeyboardInterrupt, epoch: int) -> None:
         """One warning: where training stopped, what last.pt holds and how to continue."""
@@ -444,8 +437,8 @@ class Trainer:
             LOGGER.warning(f"{stopped}; {self.last.name} saved at epoch {self.saved_epoch}: resume with "
                            f"python train.py --resume {self.last}")
 
-    def finish(self) -> tuple:
-        """Strip optimizer state, validate best.pt with plots, draw results.png."""
+    def finish(self, epoch: int) -> tuple:
+        """Strip optimizer state, validate best.pt with plots, draw results.png; then ``on_train_end``."""
         results = None
         for f in (self.last, self.best):
             if f.exists():
@@ -455,8 +448,7 @@ class Trainer:
             results = self.validate(load_model(self.best, self.device), plots=not self.config.noplots, verbose=True)
         if not self.config.noplots:
             plot_results(self.save_dir / "results.csv")
-        if self.tb:
-            self.tb.close()
+        self.callbacks.run("on_train_end", self.last, self.best, epoch, results)  # trackers upload plots, best.pt
         LOGGER.info(f"Results saved to {self.save_dir}")
         return results
 
@@ -474,10 +466,10 @@ def write_run_files(config: TrainConfig, hyp: dict) -> None:
 
 
 def train_once(config: TrainConfig, hyp: dict, data: dict, device: torch.device, ckpt: dict | None = None,
-               rank: int = -1) -> tuple:
+               rank: int = -1, callbacks=None) -> tuple:
     """One training run in ``config.save_dir`` (prepared by ``utils.training.train_config.prepare``): YOLOv5's 7 results."""
     init_seeds(config.seed + 1 + max(rank, 0), deterministic=config.deterministic)
     if rank in (-1, 0):
         write_run_files(config, hyp)
         sweep_stale(Path(config.save_dir) / "weights")  # a resumed run's folder may hold a SIGKILLed save's temporary
-    return Trainer(config, hyp, data, device, ckpt).train()
+    return Trainer(config, hyp, data, device, ckpt, callbacks).train()
