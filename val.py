@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from utils.evaluation.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json, require_pycocotools
-from utils.deploy.backends import load_backend
-from utils.deploy.ensemble import weights_label
+from utils.deploy.backends import load_backend, weights_label
 from utils.evaluation.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
 from utils.general import LOGGER, ROOT, check_options, increment_path, setup_logging
 from utils.plots import STUDY_COLUMNS, plot_val_study

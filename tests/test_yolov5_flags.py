@@ -22,22 +22,26 @@ CONF, IOU = 0.25, 0.45
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    """Two 3-class yolov5n checkpoints with different detections, and two that do not fit with them."""
+def ckpts(tiny_data, tmp_path_factory):
+    """Two 3-class yolov5n checkpoints with different detections on the shapes images, and two that do not fit
+    with them."""
     from models.yolo import Model
     from utils.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("flags_weights")
+    files = sorted((tiny_data.parent / "shapes" / "images" / "val").iterdir())
+    calib = torch.stack([torch.from_numpy(prepare(cv2.imread(str(f)), IMGSZ, 32, False)) for f in files]).float() / 255
     other_names = detecting_checkpoint(d / "four.pt", 3, names=("a", "b", "c", "d"))
     p6 = Model("yolov5n6.yaml", nc=3)
     p6.names = ["circle", "square", "triangle"]
     save_checkpoint(d / "p6.pt", p6)
-    return detecting_checkpoint(d / "a.pt", 1), detecting_checkpoint(d / "b.pt", 2), other_names, d / "p6.pt"
+    a, b = (detecting_checkpoint(d / f"{k}.pt", seed, calib=calib) for k, seed in (("a", 1), ("b", 2)))
+    return a, b, other_names, d / "p6.pt"
 
 
 @pytest.fixture(scope="module")
 def image(tiny_data, tmp_path_factory):
-    src = sorted((tiny_data.parent / "shapes" / "images" / "val").iterdir())[0]
+    src = sorted((tiny_data.parent / "shapes" / "images" / "val").iterdir())[3]  # both checkpoints detect here
     folder = tmp_path_factory.mktemp("flags_image")
     shutil.copy(src, folder / src.name)
     return folder / src.name

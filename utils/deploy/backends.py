@@ -513,13 +513,66 @@ class TensorRTBackend(Backend):
         return y if self.end2end else y[0]
 
 
+# ---------------------------------------------------------------------------------------------
+# Ensemble: several PyTorch checkpoints as one model (--weights a.pt b.pt in val.py and detect.py)
+# ---------------------------------------------------------------------------------------------
+# Each model runs on the same input and the decoded predictions are concatenated along the box axis, so one
+# NMS afterwards merges them (YOLOv5's default "NMS ensemble"). The models must agree on class names and
+# stride; exported files are refused (only PyTorch checkpoints give decoded outputs at any input size).
+
+class EnsembleBackend(Backend):
+    """The concatenated predictions of several ``PyTorchBackend`` models (one call signature, as any backend)."""
+
+    def __init__(self, members: list[PyTorchBackend]):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs 2 or more models, got {len(members)}")
+        first = members[0]
+        for m in members[1:]:
+            if m.names != first.names:
+                raise ValueError(f"ensemble: {m.weights} predicts {m.nc} classes {m.names[:5]}... but {first.weights} "
+                                 f"predicts {first.nc} {first.names[:5]}...: every --weights must have the same classes")
+            if m.stride != first.stride:
+                raise ValueError(f"ensemble: {m.weights} has stride {m.stride} but {first.weights} has stride "
+                                 f"{first.stride}: every --weights must have the same stride")
+        super().__init__(first.weights, first.device, first.fp16)
+        self.members = members
+        self.weights = " + ".join(str(m.weights) for m in members)
+        self.stride, self.names = first.stride, list(first.names)
+        self.device, self.fp16 = first.device, first.fp16
+
+    @torch.no_grad()
+    def run(self, im: torch.Tensor, augment: bool = False):
+        """(concatenated decoded predictions, None): no raw maps, so no validation loss for an ensemble."""
+        self._check_input(im)
+        return torch.cat([m.run(im, augment)[0] for m in self.members], 1), None
+
+    def __repr__(self) -> str:
+        return f"EnsembleBackend({len(self.members)} models: {self.weights}, stride={self.stride}, nc={self.nc})"
+
+
+def load_ensemble(weights, device=None, fp16: bool = False, fuse: bool = True) -> EnsembleBackend:
+    """An ``EnsembleBackend`` of the ``.pt`` checkpoints in ``weights`` (other formats refused with a message)."""
+    for w in weights:
+        if Path(str(w)).suffix != ".pt":
+            raise ValueError(f"an ensemble of several --weights takes PyTorch .pt checkpoints only, not {w}: run "
+                             "exported files one at a time, or ensemble their .pt checkpoints")
+    return EnsembleBackend([load_backend(w, device, fp16, fuse) for w in weights])
+
+
+def weights_label(weights) -> str:
+    """A file-name stem for ``weights``: the checkpoint's stem, or the stems joined by '+' for an ensemble."""
+    if isinstance(weights, (list, tuple)):
+        return "+".join(Path(str(w)).stem for w in weights)
+    return Path(str(weights)).stem
+
+
 def load_backend(weights, device=None, fp16: bool = False, fuse: bool = True, augment: bool = False,
                  dnn: bool = False) -> Backend:
     """The one way to get a model to run: a backend for a file (chosen by its suffix), an in-memory
     ``Model`` (``fuse`` folds a copy of it; ``.pt`` files are folded on load likewise) or a backend
     (returned as it is, or as an fp16 copy of a PyTorch one when ``fp16`` asks for it). ``augment`` says
     test-time augmentation will be asked for: only PyTorch models can, and other files are refused unread.
-    A list of several ``.pt`` files is an ensemble (``utils.deploy.ensemble``); ``dnn`` runs an ``.onnx`` file
+    A list of several ``.pt`` files is an ensemble (``EnsembleBackend``); ``dnn`` runs an ``.onnx`` file
     with OpenCV DNN instead of ONNX Runtime."""
     if isinstance(weights, (list, tuple)):
         if not weights:
@@ -527,8 +580,6 @@ def load_backend(weights, device=None, fp16: bool = False, fuse: bool = True, au
         if len(weights) > 1:
             if dnn:
                 raise ValueError("--dnn runs one .onnx file; an ensemble of several --weights takes .pt checkpoints")
-            from utils.deploy.ensemble import load_ensemble
-
             return load_ensemble(weights, device, fp16, fuse)
         weights = weights[0]
     if dnn:
