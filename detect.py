@@ -5,6 +5,9 @@
     python detect.py --weights best_openvino_model --source 'images/*.jpg' --save-txt --save-conf --save-crop
     python detect.py --weights best.pt --source 0                       # webcam
     python detect.py --weights best.pt --source rtsp://host/stream      # network stream
+    python detect.py --weights a.pt b.pt --source data/images          # ensemble: predictions merged before NMS
+    python detect.py --weights best.onnx --dnn                          # the ONNX file through OpenCV DNN
+    python detect.py --weights best.pt --visualize                      # feature maps of every layer, as pngs
 
 Any format ``utils.deploy.backends.load_backend`` reads works: our checkpoints (folded or not), TorchScript,
 ONNX, OpenVINO, TensorRT. Results go to runs/detect/exp{N}: annotated images and videos, YOLO-format
@@ -144,11 +147,15 @@ def run(
     weights=None, source=ROOT / "data/images", data=None, imgsz=(640, 640), conf_thres=0.25, iou_thres=0.45,
     max_det=1000, device="", view_img=False, save_txt=False, save_conf=False, save_crop=False, nosave=False,
     classes=None, agnostic_nms=False, augment=False, project=ROOT / "runs/detect", name="exp", exist_ok=False,
-    line_thickness=3, hide_labels=False, hide_conf=False, half=False, vid_stride=1,
+    line_thickness=3, hide_labels=False, hide_conf=False, half=False, vid_stride=1, dnn=False, visualize=False,
 ) -> list[ImageResult]:
-    """Detect objects in ``source``; returns one ImageResult per image or video frame, in order."""
-    if weights is None:
+    """Detect objects in ``source``; returns one ImageResult per image or video frame, in order. ``weights``: one
+    model file, or several .pt files run as an ensemble; ``dnn``: an .onnx file through OpenCV DNN;
+    ``visualize``: every layer's feature maps saved under the run folder's ``features/<image>/``."""
+    if weights is None or (isinstance(weights, (list, tuple)) and not weights):
         raise ValueError("weights: pass a model file (checkpoint .pt, .torchscript, .onnx, *_openvino_model, .engine)")
+    if isinstance(weights, (list, tuple)) and len(weights) == 1:
+        weights = weights[0]
     check_options(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, vid_stride=vid_stride,
                   line_thickness=line_thickness, imgsz=imgsz, classes=classes)
     if not is_stream(str(source)) and not isinstance(source, (list, tuple)):
@@ -157,7 +164,8 @@ def run(
     if half and device.type == "cpu":
         LOGGER.warning("WARNING --half needs CUDA: running in FP32 on CPU")
         half = False
-    backend = load_backend(weights, device, fp16=half, augment=augment)  # any format
+    backend = load_backend(weights, device, fp16=half, augment=augment, dnn=dnn)  # any format, or an ensemble
+    features = _feature_maps(backend, augment) if visualize else None
     names = class_names(data, backend.names)
     stride = int(backend.stride)
     imgsz = check_imgsz(imgsz, stride)
@@ -177,9 +185,11 @@ def run(
     nms = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det,
                end2end=getattr(backend, "end2end", False))
     try:
-        results, dt = _loop(dataset, backend, augment, nms, outputs, names, view_img)
+        results, dt = _loop(dataset, backend, augment, nms, outputs, names, view_img, features)
     finally:
         outputs.close()
+        if features is not None:
+            features.close()
         if hasattr(dataset, "close"):
             dataset.close()  # stream reader threads stop even when the loop ended early
     if not results:  # every file unreadable: a failed run, not an empty success
@@ -193,7 +203,19 @@ def run(
     return results
 
 
-def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, view_img: bool):
+def _feature_maps(backend, augment: bool):
+    """The ``--visualize`` recorder for ``backend``: a single PyTorch checkpoint, one forward pass per image."""
+    from utils.deploy.backends import PyTorchBackend
+    from utils.deploy.visualize import FeatureMaps
+
+    if not isinstance(backend, PyTorchBackend):
+        raise ValueError(f"--visualize needs one PyTorch .pt checkpoint (the layers' outputs), not {backend.weights}")
+    if augment:
+        raise ValueError("--visualize with --augment: test-time augmentation runs 3 passes; visualize without it")
+    return FeatureMaps(backend.native())
+
+
+def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, view_img: bool, features=None):
     """Inference over every item of ``dataset``; returns (results, [pre, inference, nms] seconds)."""
     results, dt, frames, last_path = [], [0.0, 0.0, 0.0], {}, None
     for path, im, im0, cap, s in dataset:
@@ -218,6 +240,9 @@ def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, v
         results.append(ImageResult(str(path), frame, det.numpy(), tuple(im0.shape[:2])))
         outputs.labels(path, frame, det, im0.shape)
         outputs.crops(path, det, im0)
+        if features is not None:
+            stem = Path(outputs.out_name(path)).stem + (f"_{frame}" if frame else "")
+            features.save(outputs.save_dir / "features" / stem)
         if outputs.save_img or view_img:
             annotated = outputs.annotate(im0, det)
             outputs.image(path, annotated, fps)
@@ -231,7 +256,8 @@ def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, v
 # ------------------------------------------------------------------------------------------------- CLI
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description="Detect objects in images, videos, folders, webcams and streams.")
-    p.add_argument("--weights", type=str, required=True, help="model: checkpoint .pt, .torchscript, .onnx, *_openvino_model, .engine")
+    p.add_argument("--weights", type=str, nargs="+", required=True, help="model: checkpoint .pt, .torchscript, .onnx, "
+                   "*_openvino_model, .engine; several .pt files: an ensemble")
     p.add_argument("--source", type=str, default=str(ROOT / "data/images"), help="file/dir/glob/.txt list/video/URL, 0 for webcam")
     p.add_argument("--data", type=str, default=None, help="(optional) dataset YAML whose class names to use")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
@@ -255,6 +281,8 @@ def parse_opt(argv=None):
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--dnn", action="store_true", help="run an .onnx file with OpenCV DNN instead of ONNX Runtime")
+    p.add_argument("--visualize", action="store_true", help="save every layer's feature maps (PyTorch .pt)")
     opt = p.parse_args(argv)
     try:
         check_options(imgsz=opt.imgsz, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, max_det=opt.max_det,

@@ -3,6 +3,7 @@
     python export.py --weights runs/train/exp/weights/best.pt --include onnx openvino --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --simplify
     python export.py --weights best.pt --include onnx --nms --conf-thres 0.25 --iou-thres 0.45
+    python export.py --weights best.pt --include onnx --nms --topk-per-class 50 --topk-all 100 [--agnostic-nms]
     python export.py --weights best.pt --include engine --device 0 --half --workspace 4
     python export.py --weights best.pt --include onnx openvino --int8 --data data.yaml [--calib-images 300]
 
@@ -39,7 +40,7 @@ import argparse
 from utils.datasets.dataset_config import load_names  # one parser for names, shared with check_dataset
 from utils.deploy.export_pipeline import ExportResult, export_checkpoint
 from utils.deploy.exporters import EXPORTERS, INT8_EXPORTERS
-from utils.general import LOGGER, check_options, setup_logging
+from utils.general import LOGGER, OPTION_RULES, check_against, check_options, setup_logging
 from utils.torch_utils import select_device
 
 FORMATS = tuple(EXPORTERS)  # export order matters: engine reuses the ONNX file exported before it
@@ -55,9 +56,28 @@ def log_summary(results: list[ExportResult]) -> None:
         LOGGER.info(f"{r.format:<14}{str(r.file or '-'):<48}{r.size_mb:>9.1f}{r.seconds:>8.1f}  {diff:>12}  {status}")
 
 
+def check_nms_options(nms: bool, max_det: int, topk_per_class, topk_all, agnostic_nms: bool) -> int:
+    """The --nms graph's detections per image (``--topk-all``, else ``--max-det``), after checking the NMS options:
+    each needs --nms, the limits are >= 1, and --topk-per-class has no classes to count with --agnostic-nms."""
+    given = [f for f, v in (("--topk-per-class", topk_per_class), ("--topk-all", topk_all),
+                            ("--agnostic-nms", agnostic_nms)) if v not in (None, False)]
+    if given and not nms:
+        raise ValueError(f"{', '.join(given)} configure the NMS inside the graph: add --nms (or leave them out)")
+    for flag, v in (("topk_per_class", topk_per_class), ("topk_all", topk_all)):
+        if v is not None:
+            check_against({flag: OPTION_RULES["max_det"]}, {flag: v})
+    if agnostic_nms and topk_per_class is not None:
+        raise ValueError("--topk-per-class does not apply with --agnostic-nms (one NMS over all classes): "
+                         "--topk-all limits it")
+    if topk_all is not None and max_det not in (300, topk_all):
+        raise ValueError(f"--topk-all {topk_all} and --max-det {max_det} both set the detections per image: give one")
+    return topk_all if topk_all is not None else max_det
+
+
 def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1, device="cpu",
         half=False, dynamic=False, simplify=False, opset=17, workspace=4.0, nms=False, conf_thres=0.25,
-        iou_thres=0.45, max_det=300, verbose=False, data=None, int8=False, calib_images=300) -> list[ExportResult]:
+        iou_thres=0.45, max_det=300, verbose=False, data=None, int8=False, calib_images=300, topk_per_class=None,
+        topk_all=None, agnostic_nms=False) -> list[ExportResult]:
     """Export ``weights`` to every format in ``include``; returns one ``ExportResult`` per format, in order.
 
     A format that fails is logged and reported in its result (``.ok`` False); the others still export.
@@ -73,6 +93,7 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
         raise ValueError(f"--int8 applies to {', '.join(INT8_EXPORTERS)}: include one of them")
     if int8 and nms:
         raise ValueError("--int8 with --nms is not supported: export INT8 without --nms and run NMS on its output")
+    max_det = check_nms_options(nms, max_det, topk_per_class, topk_all, agnostic_nms)
     device = select_device(str(device))
     names = load_names(data) if data else None
     if int8:  # before the model loads
@@ -82,7 +103,8 @@ def run(weights, include=("torchscript", "onnx"), imgsz=(640, 640), batch_size=1
     results = export_checkpoint(weights, include, imgsz, batch_size, device, names, int8=int8, data=data,
                                 calib_images=calib_images, half=half, dynamic=dynamic, simplify=simplify, opset=opset,
                                 workspace=workspace, nms=nms, conf_thres=conf_thres, iou_thres=iou_thres,
-                                max_det=max_det, verbose=verbose)
+                                max_det=max_det, topk_per_class=topk_per_class, agnostic_nms=agnostic_nms,
+                                verbose=verbose)
     log_summary(results)
     return results
 
@@ -103,6 +125,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--conf-thres", type=float, default=0.25, help="--nms confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--nms IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="--nms detections per image")
+    parser.add_argument("--topk-per-class", type=int, default=None, help="--nms: boxes kept per class (default "
+                        "--max-det; YOLOv5's TF NMS uses 100)")
+    parser.add_argument("--topk-all", type=int, default=None, help="--nms: boxes kept per image (same as --max-det)")
+    parser.add_argument("--agnostic-nms", action="store_true", help="--nms: class-agnostic NMS (overlapping boxes "
+                        "of different classes suppress each other)")
     parser.add_argument("--verbose", action="store_true", help="verbose exporter logs, tracebacks on failure")
     parser.add_argument("--data", type=str, default=None, help="dataset YAML whose class names to embed (and, with "
                         "--int8, whose images calibrate and verify)")

@@ -34,7 +34,8 @@ def parse_opt(argv=None) -> TrainConfig:
     p.add_argument("--data", type=str, help="dataset YAML")
     p.add_argument("--hyp", type=str, help="hyperparameters YAML (default: data YAML's 'hyp', else scratch-low)")
     p.add_argument("--epochs", type=int, help="default: the data YAML's 'epochs', else 100")
-    p.add_argument("--batch-size", type=int, help="total batch size for all GPUs")
+    p.add_argument("--batch-size", type=int, help="total batch size for all GPUs; -1: AutoBatch (fills 0.8 of the "
+                   "free CUDA memory; the default 16 on a CPU)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, help="train/val size (default: data YAML's 'imgsz', else 640)")
     p.add_argument("--rect", action="store_true", help="rectangular training batches")
     p.add_argument("--resume", nargs="?", const=True, help="resume the most recent run, or the given last.pt")
@@ -59,6 +60,8 @@ def parse_opt(argv=None) -> TrainConfig:
     p.add_argument("--save-period", type=int, help="save a checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--image-weights", action="store_true", help="sample images weighted by their classes' rarity and "
                    "past mAP (single process)")
+    p.add_argument("--quad", action="store_true", help="quad dataloader: each 4 images merged into one of twice the "
+                   "size (batch size a multiple of 4)")
     p.add_argument("--evolve", type=int, nargs="?", const=300,
                    help="evolve hyperparameters for this many generations (300 if no number); same --name continues")
     p.add_argument("--seed", type=int, help="global training seed")

@@ -2,6 +2,9 @@
 
     python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --imgsz 160
     python val.py --weights best.pt --data ../shared/datasets/coco128/coco128.yaml --save-json
+    python val.py --weights a.pt b.pt --data their.yaml              # an ensemble: predictions merged before NMS
+    python val.py --weights best.onnx --dnn                           # the ONNX file through OpenCV DNN
+    python val.py --weights best.pt --task study --imgsz 320 480 640  # mAP and speed per size: study_*.txt, study.png
 
 Prints YOLOv5's table (P, R, mAP50, mAP50-95; per class with --verbose), the speed line and, with
 --save-json, the pycocotools summary. ``run(**kwargs)`` is importable (and takes an in-memory
@@ -14,21 +17,27 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from utils.evaluation.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json, require_pycocotools
-from utils.deploy.backends import load_backend
+from utils.deploy.backends import load_backend, weights_label
 from utils.evaluation.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
 from utils.general import LOGGER, ROOT, check_options, increment_path, setup_logging
+from utils.plots import STUDY_COLUMNS, plot_val_study
 from utils.torch_utils import de_parallel, select_device
 
 
-def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers):
-    """Backend, dataloader and dataset dict for the command-line path (any checkpoint or exported format)."""
+STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # YOLOv5's --task study image sizes
+
+
+def load_for_validation(weights, data, task, device, batch_size, imgsz, half, single_cls, workers, dnn=False):
+    """Backend, dataloader and dataset dict for the command-line path (any checkpoint or exported format,
+    several .pt files as an ensemble, an .onnx file through OpenCV DNN with ``dnn``)."""
     from utils.datasets.dataloaders import create_dataloader
     from utils.datasets.dataset_config import check_dataset
 
-    backend = load_backend(weights, device, fp16=half, fuse=False)  # a .pt validates exactly as stored
+    backend = load_backend(weights, device, fp16=half, fuse=False, dnn=dnn)  # a .pt validates exactly as stored
     if backend.end2end:  # its NMS ran with the exporter's confidence threshold and box limit: mAP comes out lower
         LOGGER.warning(f"WARNING {weights} has NMS inside (--nms, or YOLOv7's --end2end): validating the boxes its "
                        "own NMS keeps, with its own IoU and confidence thresholds (--iou-thres does not apply, and a "
@@ -55,7 +64,7 @@ def load_for_validation(weights, data, task, device, batch_size, imgsz, half, si
 
 def evaluate_with_pycocotools(collector: Collector, names, data, save_dir: Path, weights) -> dict:
     """COCO numbers for any dataset: official annotations for COCO, our labels as COCO JSON otherwise."""
-    pred_json = save_dir / f"{Path(weights).stem if weights else 'model'}_predictions.json"
+    pred_json = save_dir / f"{weights_label(weights) if weights else 'model'}_predictions.json"
     pred_json.write_text(json.dumps(collector.json))
     anno_json = find_coco_annotations(data or {})
     if anno_json is None:
@@ -72,12 +81,19 @@ def run(
     data=None, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300,
     task="val", device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False,
     save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp", exist_ok=False, half=True,
-    model=None, dataloader=None, save_dir=Path(""), plots=True, compute_loss=None, names=None,
+    model=None, dataloader=None, save_dir=Path(""), plots=True, compute_loss=None, names=None, dnn=False,
 ):
     """Returns ((P, R, mAP50, mAP50-95, box, obj, cls losses), per-class mAP array, (pre, inf, nms) ms/img).
 
     With ``model`` and ``dataloader`` (YOLOv5's in-process form) that model is validated on that loader;
-    otherwise ``weights`` (any format) on ``data``'s ``task`` split. --half applies on CUDA only."""
+    otherwise ``weights`` (any format; a list of several .pt files is an ensemble) on ``data``'s ``task`` split.
+    --half applies on CUDA only. ``task="study"`` is ``run_study``."""
+    if task == "study":
+        raise ValueError("--task study runs one validation per image size: call val.run_study(weights, data, sizes)")
+    if task not in ("train", "val", "test", "speed"):
+        raise ValueError(f"--task must be one of train, val, test, speed, study, got task={task!r}")
+    if isinstance(weights, (list, tuple)) and len(weights) == 1:
+        weights = weights[0]
     check_options(batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                   workers=workers)
     if save_json:  # refused before any work where pycocotools is missing
@@ -90,7 +106,7 @@ def run(
         if save_txt:
             (save_dir / "labels").mkdir(exist_ok=True)
         model, dataloader, data = load_for_validation(weights, data, task, device, batch_size, imgsz,
-                                                      half and device.type != "cpu", single_cls, workers)
+                                                      half and device.type != "cpu", single_cls, workers, dnn)
         names = data["names"]
     backend = load_backend(de_parallel(model), fuse=False)  # a backend (the CLI path) passes through
     half = half and backend.device.type != "cpu"
@@ -110,16 +126,51 @@ def run(
     return v.metrics, v.maps, v.times
 
 
+def run_study(weights, data=ROOT / "data/shapes.yaml", sizes=STUDY_SIZES, project=ROOT / "runs/val", name="study", exist_ok=False,
+              **kwargs) -> list[Path]:
+    """mAP and speed over image sizes (YOLOv5's ``--task study``): for each of ``weights`` (each on its own), one
+    validation per size in ``sizes``; writes ``study_<data>_<weights>.txt`` (a row per size: P, R, mAP50,
+    mAP50-95, the 3 losses, pre-process/inference/NMS ms per image) and ``study.png`` into one run folder.
+    ``kwargs`` are ``run``'s other options. Returns the text files."""
+    sizes = [int(s) for s in ([sizes] if isinstance(sizes, int) else sizes)]
+    if not sizes:
+        raise ValueError("--task study: give the image sizes to study (--imgsz 320 480 640), or none for YOLOv5's "
+                         f"{STUDY_SIZES[0]}..{STUDY_SIZES[-1]}")
+    for s in sizes:
+        check_options(imgsz=s)
+    weights = [weights] if isinstance(weights, (str, Path)) else list(weights)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    data_stem = Path(str(data)).stem if isinstance(data, (str, Path)) else "data"
+    files = []
+    for w in weights:
+        f = save_dir / f"study_{data_stem}_{weights_label(w)}.txt"
+        rows = []
+        for size in sizes:
+            LOGGER.info(f"Running {f.name} --imgsz {size}...")
+            metrics, _, times = run(data=data, weights=w, imgsz=size, project=save_dir.parent, name=save_dir.name,
+                                    exist_ok=True, plots=False, **kwargs)
+            rows.append(list(metrics) + list(times))
+        np.savetxt(f, rows, fmt="%10.4g", header=" ".join(STUDY_COLUMNS) + f"; one row per --imgsz {sizes}")
+        files.append(f)
+    plot_val_study(files, sizes, save_dir)
+    LOGGER.info(f"Study saved to {save_dir}")
+    return files
+
+
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description="Validate a detector checkpoint on a YOLO-format dataset.")
     p.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset YAML")
-    p.add_argument("--weights", type=str, required=True, help="checkpoint (folded or not) or exported model")
+    p.add_argument("--weights", type=str, nargs="+", required=True, help="checkpoint (folded or not) or exported "
+                   "model; several .pt files: an ensemble")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=None,
+                   help="inference size (pixels, default 640); with --task study the sizes to study (default "
+                   f"{STUDY_SIZES[0]} to {STUDY_SIZES[-1]} in steps of 128)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
-    p.add_argument("--task", default="val", choices=("train", "val", "test", "speed"))
+    p.add_argument("--task", default="val", choices=("train", "val", "test", "speed", "study"),
+                   help="split to validate, speed (YOLOv5's benchmark settings) or study (mAP and speed per size)")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1 or cpu")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
     p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
@@ -132,12 +183,23 @@ def parse_opt(argv=None):
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    p.add_argument("--dnn", action="store_true", help="run an .onnx file with OpenCV DNN instead of ONNX Runtime")
     opt = p.parse_args(argv)
+    if opt.task == "study":
+        opt.imgsz = opt.imgsz or list(STUDY_SIZES)
+    elif opt.imgsz and len(opt.imgsz) > 1:
+        p.error(f"--imgsz takes one size (several only with --task study), got {' '.join(map(str, opt.imgsz))}")
+    else:
+        opt.imgsz = opt.imgsz[0] if opt.imgsz else 640
     try:
-        check_options(batch_size=opt.batch_size, imgsz=opt.imgsz, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+        for size in (opt.imgsz if opt.task == "study" else [opt.imgsz]):
+            check_options(imgsz=size)
+        check_options(batch_size=opt.batch_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                       max_det=opt.max_det, workers=opt.workers)
     except ValueError as e:
         p.error(str(e))
+    if opt.dnn and (len(opt.weights) > 1 or not opt.weights[0].endswith(".onnx")):
+        p.error(f"--dnn (OpenCV DNN) runs one .onnx file, got --weights {' '.join(opt.weights)}")
     return opt
 
 
@@ -145,6 +207,11 @@ def main(opt):
     setup_logging()
     if opt.half and not torch.cuda.is_available():
         LOGGER.warning("--half needs CUDA: validating in FP32 on CPU")
+    if opt.task == "study":
+        options = {k: v for k, v in vars(opt).items() if k not in ("task", "imgsz", "weights", "data", "project",
+                                                                   "name", "exist_ok")}
+        return run_study(opt.weights, opt.data, opt.imgsz, project=opt.project,
+                         name=opt.name if opt.name != "exp" else "study", exist_ok=opt.exist_ok, **options)
     return run(**vars(opt))
 
 

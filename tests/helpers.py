@@ -90,3 +90,30 @@ def shapes_data(folder, name: str, n_train: int, n_val: int, imgsz: int, seed: i
     data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
                                     "names": ["circle", "square", "triangle"]}))
     return data
+
+
+@torch.no_grad()
+def detecting_checkpoint(path, seed: int, names=("circle", "square", "triangle"), cfg: str = "yolov5n.yaml",
+                         calib=None):
+    """Save a random ``cfg`` checkpoint whose detections vary with the image (head logits spread around a low
+    prior on the ``calib`` images, (b, 3, h, w) in 0-1, random ones by default): untrained, yet every inference
+    flag has boxes to act on. Returns ``path``. (Random BatchNorm
+    statistics would make the features nearly independent of the image in so small a model.)"""
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = Model(cfg, nc=len(names))
+    model.names = list(names)
+    model.eval()
+    head = model.model[-1]
+    _, maps = model(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(seed)) if calib is None else calib)
+    spread = torch.tensor([0.3] * 4 + [1.5] * (head.no - 4))  # box logits near the anchor, scores spread out
+    centre = torch.tensor([0.0] * 4 + [-3.0] + [-1.0] * (head.no - 5))
+    for conv, level in zip(head.m, maps):  # logits per (anchor, output) rescaled to the target spread and centre
+        flat = level.permute(1, 4, 0, 2, 3).reshape(head.na, head.no, -1)  # (anchors, outputs, positions)
+        gain = spread / flat.std(-1).clamp_min(1e-6)
+        conv.weight.view(head.na, head.no, -1).mul_(gain[..., None])
+        conv.bias.view(head.na, head.no).sub_(flat.mean(-1)).mul_(gain).add_(centre)
+    save_checkpoint(path, model.eval())
+    return path

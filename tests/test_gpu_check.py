@@ -36,7 +36,8 @@ class WithoutOptionalPackages(PathFinder):
 sys.meta_path[:] = [WithoutOptionalPackages if f is PathFinder else f for f in sys.meta_path]
 """
 ROWS = ("cuda-tests", "train yolov5s_RepVGG", "train yolov5s_OREPA", "train yolov5s", "train shapes", "val fp32",
-        "val --half", "export --half", "val fused", "val onnx", "val engine", "detect --half", "ddp nccl")
+        "val --half", "export --half", "val fused", "val onnx", "val engine", "detect --half", "ddp nccl",
+        "train --batch-size -1")
 
 
 def run_script(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ Steps (each a row of the table; a failed step does not stop the next unless it n
   val <format>    val.py on every exported file: mAP50-95 within 0.005 of the .pt's
   detect --half   detect.py --half on the sample images
   ddp nccl        with 2 or more GPUs, a 1-epoch DDP run over NCCL
+  autobatch       train.py --batch-size -1: the batch AutoBatch fits to 0.8 of the free CUDA memory, then 1 epoch
 
 ``--rehearse`` runs the same rows, commands, parsing and file names on the CPU with tiny sizes (32 px, a
 generated 6-image dataset, 1 epoch) and the CPU's equivalents of CUDA-only options: --device cpu, no --half
@@ -50,6 +51,7 @@ MIN_MAP = 0.1  # the shapes model reaches ~0.48 mAP50-95; below this something i
 SHAPES_DATA = str(ROOT / "data" / "shapes.yaml")
 SPEED_CFGS = ("yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml", "yolov5s.yaml")
 SPEED = re.compile(r"Epoch (\d+) speed: ([\d.]+) img/s, peak CUDA memory ([\d.]+) GiB")
+AUTOBATCH = re.compile(r"AutoBatch: batch size (\d+) \((.*?); ([\d.]+) GiB/image .* predicted ([\d.]+) of ([\d.]+) GiB")
 ALL_ROW = re.compile(r"^\s*all\s+\d+\s+\d+\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s*$", re.M)
 
 
@@ -220,6 +222,23 @@ def ddp_row(table: Table, plan: Plan, out: Path) -> None:
               + ("" if ok else f"; {tail(log)}"))
 
 
+def autobatch_row(table: Table, plan: Plan, out: Path) -> None:
+    """A 1-epoch run with --batch-size -1: on CUDA the probe's fit must choose a batch that trains."""
+    size = plan.speed_size[:2]  # --imgsz only: the batch is AutoBatch's
+    rc, log, s = sh([sys.executable, "train.py", "--cfg", "yolov5s_RepVGG.yaml", "--data", plan.data, *size,
+                     "--batch-size", "-1", "--epochs", "1", "--device", plan.device, "--project", str(out),
+                     "--name", "autobatch", "--exist-ok", "--noplots", "--workers", plan.workers])
+    fit = AUTOBATCH.search(log)
+    if plan.rehearse:  # nothing to measure on the CPU: the message and the default batch
+        ok = rc == 0 and "needs a CUDA device" in log
+        figures = "CPU: default batch 16 (rehearsal)"
+    else:
+        ok = rc == 0 and fit is not None and fit.group(2) == "fit"
+        figures = (f"batch {fit.group(1)} ({fit.group(2)}), {fit.group(3)} GiB/image, predicted {fit.group(4)} of "
+                   f"{fit.group(5)} GiB free" if fit else "no AutoBatch line")
+    table.add("train --batch-size -1", ok, f"{figures}; {s:.0f}s" + ("" if ok else f"; {tail(log)}"))
+
+
 def rehearsal_data(out: Path) -> str:
     """A generated 4+2-image shapes set with data/shapes.yaml's training recipe (optimizer, hyp)."""
     import yaml
@@ -271,7 +290,7 @@ def run_rows(table: Table, plan: Plan, out: Path, skip_tests: bool) -> None:
         "speed": (58, lambda t: [train(t, plan, cfg, plan.data, plan.epochs, out, size=plan.speed_size)
                                  for cfg in SPEED_CFGS]),
         "shapes": (70, lambda t: shapes_rows(t, plan, out)),
-        "ddp": (17, lambda t: ddp_row(t, plan, out)),
+        "ddp": (27, lambda t: [ddp_row(t, plan, out), autobatch_row(t, plan, out)]),
     }
     if skip_tests:
         del groups["cuda-tests"]

@@ -379,3 +379,51 @@ def plot_results(file="results.csv", save_dir=None) -> Path | None:
     ax[0].legend()
     LOGGER.info(f"Plotting results to {save_dir / 'results.png'}")
     return save_figure(fig, save_dir / "results.png")
+
+
+# --------------------------------------------------------------------------------- study and feature maps
+STUDY_COLUMNS = ("P", "R", "mAP50", "mAP50-95", "box_loss", "obj_loss", "cls_loss", "pre_ms", "inference_ms", "nms_ms")
+
+
+def plot_val_study(files, sizes, save_dir) -> Path:
+    """Write ``study.png`` from ``val.py --task study``'s ``study_*.txt`` files (one row per image size in
+    ``sizes``, columns ``STUDY_COLUMNS``): mAP50-95 against image size, and against inference time."""
+    fig, ax = new_figure(1, 2, (10, 4))
+    for f in files:
+        rows = np.loadtxt(f, dtype=np.float64, ndmin=2)
+        label = Path(f).stem.removeprefix("study_")
+        ax[0].plot(sizes, rows[:, 3] * 100, ".-", linewidth=2, markersize=8, label=label)
+        ax[1].plot(rows[:, 8], rows[:, 3] * 100, ".-", linewidth=2, markersize=8, label=label)
+    for a, xlabel in zip(ax, ("image size (pixels)", "inference (ms/img)")):
+        a.grid(alpha=0.2)
+        a.set_xlabel(xlabel)
+        a.set_ylabel("mAP50-95 (%)")
+        a.legend(loc="lower right")
+    path = Path(save_dir) / "study.png"
+    LOGGER.info(f"Plotting study to {path}")
+    return save_figure(fig, path, dpi=150)
+
+
+def feature_visualization(x, module_type: str, stage: int, save_dir, n: int = 32, tile: int = 96) -> Path | None:
+    """Write ``stage{stage}_{module_type}_features.png``: the first ``n`` channels of the first image of the
+    feature map ``x`` (b, c, h, w), each scaled to 0-255 on its own and drawn as a ``tile``-pixel grey square,
+    8 to a row with 2-pixel gaps. Other shapes (not a map) are skipped: None."""
+    if not hasattr(x, "shape") or x.ndim != 4 or min(x.shape[2:]) < 2:
+        return None
+    maps = x[0, :n].detach().float().cpu().numpy()
+    lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    maps = ((maps - lo) / np.maximum(hi - lo, 1e-12) * 255).astype(np.uint8)
+    cols = min(8, len(maps))
+    rows = math.ceil(len(maps) / cols)
+    h, w = maps.shape[1:]
+    th, tw = (tile, max(1, round(tile * w / h))) if h >= w else (max(1, round(tile * h / w)), tile)
+    canvas = np.full((rows * (th + 2), cols * (tw + 2)), 255, dtype=np.uint8)
+    for k, m in enumerate(maps):
+        r, c = divmod(k, cols)
+        canvas[r * (th + 2):r * (th + 2) + th, c * (tw + 2):c * (tw + 2) + tw] = cv2.resize(
+            m, (tw, th), interpolation=cv2.INTER_NEAREST)
+    path = Path(save_dir) / f"stage{stage}_{module_type}_features.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), canvas):
+        raise OSError(f"cv2.imwrite could not write {path}")
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import zlib
 from functools import partial
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
@@ -327,6 +329,42 @@ class LoadImagesAndLabels(Dataset):
         return torch.stack(im, 0), torch.cat(labels, 0), paths, shapes
 
 
+class QuadCollate:
+    """``--quad``: each group of 4 samples becomes one image of twice the size (YOLOv5's collate_fn4), either the
+    4 images tiled 2x2 (first top-left, second below it, third right of it, fourth bottom-right) or the first
+    image upsampled 2x (bilinear), with even odds; a batch of n samples gives n // 4 images. The draw is a
+    function of ``seed`` and the batch's file names, so it does not depend on worker scheduling."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, batch):
+        im, labels, paths, shapes = zip(*batch)
+        n = len(im) // 4
+        if n == 0:
+            raise ValueError(f"--quad needs batches of at least 4 images, got {len(im)}")
+        rng = np.random.default_rng([self.seed, zlib.crc32("\n".join(map(str, paths)).encode())])
+        out_im, out_labels = [], []
+        for i in range(0, 4 * n, 4):
+            if rng.random() < 0.5:
+                big = F.interpolate(im[i][None].float(), scale_factor=2.0, mode="bilinear", align_corners=False)[0]
+                out_im.append(big.round().clamp(0, 255).to(im[i].dtype))
+                out_labels.append(labels[i].clone())
+                continue
+            out_im.append(torch.cat((torch.cat(im[i:i + 2], 1), torch.cat(im[i + 2:i + 4], 1)), 2))
+            tiles = []
+            for k, (dx, dy) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+                lb = labels[i + k].clone()
+                lb[:, 2:] *= 0.5  # x, y, w, h: half the size of the merged image
+                lb[:, 2] += 0.5 * dx
+                lb[:, 3] += 0.5 * dy
+                tiles.append(lb)
+            out_labels.append(torch.cat(tiles, 0))
+        for j, lb in enumerate(out_labels):
+            lb[:, 0] = j
+        return torch.stack(out_im, 0), torch.cat(out_labels, 0), paths[:n], shapes[:n]
+
+
 # ---------------------------------------------------------------------------------------------
 # Loader
 # ---------------------------------------------------------------------------------------------
@@ -463,8 +501,9 @@ def seed_worker(worker_id: int, seed: int = 0) -> None:
 
 def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=None,
                       pad=0.0, rect=False, rank=-1, workers=8, prefix="", shuffle=False, seed=0, nc=None,
-                      image_weights=False):
+                      image_weights=False, quad=False):
     """Build (loader, dataset). ``batch_size`` is per process; call ``loader.set_epoch(e)`` each epoch.
+    ``quad``: batches of ``batch_size // 4`` images of twice the size (``QuadCollate``).
     ``image_weights``: single process; ``loader.sampler.inner.set_weights(w)`` sets each epoch's weights."""
     if image_weights and rank != -1:
         raise ValueError("image weights need a single process (not DDP)")
@@ -478,11 +517,15 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
                                   single_cls=single_cls, stride=int(stride), pad=pad, prefix=prefix, nc=nc,
                                   seed=seed)
     batch_size = min(batch_size, len(dataset))
+    if quad and batch_size < 4:
+        raise ValueError(f"{prefix}--quad merges groups of 4 images: needs a batch of at least 4 (per process), "
+                         f"got {batch_size} (dataset of {len(dataset)} images)")
     dist = torch.distributed
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(
         os.environ.get("WORLD_SIZE", 1))
     nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size, workers)
-    batching = dict(batch_size=batch_size)
+    # --quad: a last batch of under 4 images makes no merged image; it is left out
+    batching = dict(batch_size=batch_size, drop_last=quad and 0 < len(dataset) % batch_size < 4)
     if rank != -1 and rect:  # each rank's batch must be one rect shape group
         batching = dict(batch_sampler=EpochTaggedSampler(DistributedRectBatchSampler(dataset.batch, world_size, rank)))
     elif rank != -1:
@@ -495,6 +538,6 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     generator = torch.Generator()
     generator.manual_seed(seed)
     loader = EpochDataLoader(dataset, **batching, num_workers=nw, pin_memory=torch.cuda.is_available(),
-                             collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=partial(seed_worker, seed=seed),
-                             generator=generator, persistent_workers=nw > 0)
+                             collate_fn=QuadCollate(seed) if quad else LoadImagesAndLabels.collate_fn,
+                             worker_init_fn=partial(seed_worker, seed=seed), generator=generator, persistent_workers=nw > 0)
     return loader, dataset

@@ -36,7 +36,7 @@ from utils.general import LOGGER, load_yaml
 SUPPORTED_FORMATS = {
     ".pt": "PyTorch checkpoint of this project",
     ".torchscript": "TorchScript",
-    ".onnx": "ONNX (ONNX Runtime)",
+    ".onnx": "ONNX (ONNX Runtime; OpenCV DNN with --dnn)",
     "_openvino_model/ or .xml": "OpenVINO IR",
     ".engine": "TensorRT engine",
 }
@@ -346,6 +346,37 @@ class OnnxRuntimeBackend(Backend):
         return [torch.from_numpy(a) for a in y] if self.end2end else torch.from_numpy(y[0])
 
 
+class OpenCVDNNBackend(Backend):
+    """An ONNX file run by OpenCV DNN (``--dnn``), on the CPU. Export with ``--opset 12`` for OpenCV's importer;
+    graphs with NMS inside (``--nms``) and fp16 inputs are refused (ONNX Runtime runs them)."""
+
+    def __init__(self, weights, device="cpu", fp16: bool = False):
+        import cv2
+        import onnx
+
+        super().__init__(weights, "cpu", False)
+        if torch.device(device).type != "cpu":
+            LOGGER.warning("WARNING --dnn runs OpenCV DNN on the CPU (its CUDA target needs an OpenCV built with CUDA)")
+        graph = onnx.load(str(self.weights), load_external_data=False)
+        meta = parse_metadata({p.key: p.value for p in graph.metadata_props}, str(weights))
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in graph.graph.input[0].type.tensor_type.shape.dim]
+        self._apply_metadata(_graph_input(meta, dims))
+        if self.end2end or len(graph.graph.output) != 1:
+            raise ValueError(f"--dnn: {weights} has NMS inside (export --nms); OpenCV DNN runs the plain graph: "
+                             "export without --nms, or run it without --dnn (ONNX Runtime)")
+        if graph.graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ValueError(f"--dnn: {weights} takes fp16 inputs (export --half); OpenCV DNN runs fp32 graphs")
+        del graph
+        self.net = cv2.dnn.readNetFromONNX(str(self.weights))
+        if not self.names:
+            self._warn_if_unnamed()
+
+    def _forward(self, im):
+        self.net.setInput(im.detach().cpu().float().numpy())
+        return torch.from_numpy(self.net.forward())
+
+
 class OpenVINOBackend(Backend):
     """An OpenVINO IR (``<stem>_openvino_model/`` folder or its ``.xml``), run on the CPU plugin."""
 
@@ -482,11 +513,83 @@ class TensorRTBackend(Backend):
         return y if self.end2end else y[0]
 
 
-def load_backend(weights, device=None, fp16: bool = False, fuse: bool = True, augment: bool = False) -> Backend:
+# ---------------------------------------------------------------------------------------------
+# Ensemble: several PyTorch checkpoints as one model (--weights a.pt b.pt in val.py and detect.py)
+# ---------------------------------------------------------------------------------------------
+# Each model runs on the same input and the decoded predictions are concatenated along the box axis, so one
+# NMS afterwards merges them (YOLOv5's default "NMS ensemble"). The models must agree on class names and
+# stride; exported files are refused (only PyTorch checkpoints give decoded outputs at any input size).
+
+class EnsembleBackend(Backend):
+    """The concatenated predictions of several ``PyTorchBackend`` models (one call signature, as any backend)."""
+
+    def __init__(self, members: list[PyTorchBackend]):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs 2 or more models, got {len(members)}")
+        first = members[0]
+        for m in members[1:]:
+            if m.names != first.names:
+                raise ValueError(f"ensemble: {m.weights} predicts {m.nc} classes {m.names[:5]}... but {first.weights} "
+                                 f"predicts {first.nc} {first.names[:5]}...: every --weights must have the same classes")
+            if m.stride != first.stride:
+                raise ValueError(f"ensemble: {m.weights} has stride {m.stride} but {first.weights} has stride "
+                                 f"{first.stride}: every --weights must have the same stride")
+        super().__init__(first.weights, first.device, first.fp16)
+        self.members = members
+        self.weights = " + ".join(str(m.weights) for m in members)
+        self.stride, self.names = first.stride, list(first.names)
+        self.device, self.fp16 = first.device, first.fp16
+
+    @torch.no_grad()
+    def run(self, im: torch.Tensor, augment: bool = False):
+        """(concatenated decoded predictions, None): no raw maps, so no validation loss for an ensemble."""
+        self._check_input(im)
+        return torch.cat([m.run(im, augment)[0] for m in self.members], 1), None
+
+    def __repr__(self) -> str:
+        return f"EnsembleBackend({len(self.members)} models: {self.weights}, stride={self.stride}, nc={self.nc})"
+
+
+def load_ensemble(weights, device=None, fp16: bool = False, fuse: bool = True) -> EnsembleBackend:
+    """An ``EnsembleBackend`` of the ``.pt`` checkpoints in ``weights`` (other formats refused with a message)."""
+    for w in weights:
+        if Path(str(w)).suffix != ".pt":
+            raise ValueError(f"an ensemble of several --weights takes PyTorch .pt checkpoints only, not {w}: run "
+                             "exported files one at a time, or ensemble their .pt checkpoints")
+    return EnsembleBackend([load_backend(w, device, fp16, fuse) for w in weights])
+
+
+def weights_label(weights) -> str:
+    """A file-name stem for ``weights``: the checkpoint's stem, or the stems joined by '+' for an ensemble."""
+    if isinstance(weights, (list, tuple)):
+        return "+".join(Path(str(w)).stem for w in weights)
+    return Path(str(weights)).stem
+
+
+def load_backend(weights, device=None, fp16: bool = False, fuse: bool = True, augment: bool = False,
+                 dnn: bool = False) -> Backend:
     """The one way to get a model to run: a backend for a file (chosen by its suffix), an in-memory
     ``Model`` (``fuse`` folds a copy of it; ``.pt`` files are folded on load likewise) or a backend
     (returned as it is, or as an fp16 copy of a PyTorch one when ``fp16`` asks for it). ``augment`` says
-    test-time augmentation will be asked for: only PyTorch models can, and other files are refused unread."""
+    test-time augmentation will be asked for: only PyTorch models can, and other files are refused unread.
+    A list of several ``.pt`` files is an ensemble (``EnsembleBackend``); ``dnn`` runs an ``.onnx`` file
+    with OpenCV DNN instead of ONNX Runtime."""
+    if isinstance(weights, (list, tuple)):
+        if not weights:
+            raise ValueError("weights: an empty list; pass one model file, or several .pt files for an ensemble")
+        if len(weights) > 1:
+            if dnn:
+                raise ValueError("--dnn runs one .onnx file; an ensemble of several --weights takes .pt checkpoints")
+            return load_ensemble(weights, device, fp16, fuse)
+        weights = weights[0]
+    if dnn:
+        if Path(str(weights)).suffix != ".onnx":
+            raise ValueError(f"--dnn (OpenCV DNN) runs .onnx files only, not {weights}")
+        if augment:
+            raise ValueError(f"augment (test-time augmentation) needs a PyTorch .pt checkpoint, not {weights}")
+        if not Path(weights).exists():
+            raise FileNotFoundError(f"model not found: {weights}")
+        return _open(OpenCVDNNBackend, Path(weights), device or "cpu", fp16)
     if augment and not isinstance(weights, (nn.Module, PyTorchBackend)) and Path(str(weights)).suffix != ".pt":
         raise ValueError(f"augment (test-time augmentation) needs a PyTorch .pt checkpoint, not {weights}")
     if isinstance(weights, PyTorchBackend) and fp16 and not weights.fp16:

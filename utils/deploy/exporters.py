@@ -46,7 +46,9 @@ class ExportContext:
     nms: bool = False
     conf_thres: float = 0.25
     iou_thres: float = 0.45
-    max_det: int = 300
+    max_det: int = 300  # --nms: detections kept per image (--topk-all)
+    topk_per_class: int | None = None  # --nms: the NMS's limit per class (None: max_det)
+    agnostic_nms: bool = False  # --nms: one NMS over all classes
     verbose: bool = False
     int8_data: Int8Data | None = None  # with --int8: calibration and verification images
     exported: dict = field(default_factory=dict)  # format -> file written in this run (engine reuses the ONNX)
@@ -74,7 +76,8 @@ class ExportContext:
             "end2end": end2end,
         }
         if end2end:
-            meta.update(conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det)
+            meta.update(conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det,
+                        topk_per_class=self.topk_per_class or self.max_det, agnostic_nms=self.agnostic_nms)
         if int8:
             meta.update(int8=True, calibration=f"{len(self.int8_data.calibration)} images, {self.int8_data.source}")
         return meta
@@ -171,12 +174,16 @@ class End2End(nn.Module):
     Outputs ``num_dets (b, 1) int32``, ``boxes (b, max_det, 4)`` xyxy pixels, ``scores (b, max_det)``
     and ``classes (b, max_det) int32``, sorted by score; padding rows are zero with class -1.
     NMS runs per class (ONNX NonMaxSuppression over a (b, nc, N) score tensor holding each box's
-    best-class score only), so classes never suppress each other.
+    best-class score only), so classes never suppress each other, keeping at most ``topk_per_class`` boxes
+    of each class (default ``max_det``); ``agnostic`` runs one NMS over every box (a (b, 1, N) score tensor),
+    so overlapping boxes of different classes suppress each other. At most ``max_det`` boxes come out.
     """
 
-    def __init__(self, model: nn.Module, max_det: int = 300, iou_thres: float = 0.45, conf_thres: float = 0.25):
+    def __init__(self, model: nn.Module, max_det: int = 300, iou_thres: float = 0.45, conf_thres: float = 0.25,
+                 topk_per_class: int | None = None, agnostic: bool = False):
         super().__init__()
         self.model, self.max_det, self.iou_thres, self.conf_thres = model, max_det, iou_thres, conf_thres
+        self.topk_per_class, self.agnostic = topk_per_class or max_det, agnostic
 
     def forward(self, x: Tensor):
         p = self.model(x).float()  # ONNX NonMaxSuppression takes float32 only
@@ -184,9 +191,12 @@ class End2End(nn.Module):
         best, cls = (p[..., 5:] * p[..., 4:5]).max(2)  # score = obj * cls, as non_max_suppression
         # each box's best-class score in its class row, zero elsewhere; a mask, not zeros_like().scatter(),
         # which constant folding would store as a (b, N, nc) initializer in a fixed-shape graph
-        one_hot = cls.unsqueeze(2) == torch.arange(p.shape[2] - 5, device=p.device)
-        per_class = (best.unsqueeze(2) * one_hot).transpose(1, 2)
-        sel = _NonMaxSuppression.apply(boxes, per_class, self.max_det, self.iou_thres, self.conf_thres)
+        if self.agnostic:  # one score row: every box competes with every other
+            per_class = best.unsqueeze(1)
+        else:
+            one_hot = cls.unsqueeze(2) == torch.arange(p.shape[2] - 5, device=p.device)
+            per_class = (best.unsqueeze(2) * one_hot).transpose(1, 2)
+        sel = _NonMaxSuppression.apply(boxes, per_class, self.topk_per_class, self.iou_thres, self.conf_thres)
         bi, ai = sel[:, 0], sel[:, 2]
         # scatter kept scores into a (b, N + max_det) table of -1 and take the top max_det: a fixed-shape
         # output whatever the count; the max_det extra columns keep topk valid for tiny dynamic inputs
@@ -226,7 +236,7 @@ def export_onnx(ctx: ExportContext, f: Path | None = None, nms: bool | None = No
     else:
         model, im = ctx.model, ctx.im
     if nms:
-        model = End2End(model, ctx.max_det, ctx.iou_thres, ctx.conf_thres).eval()
+        model = End2End(model, ctx.max_det, ctx.iou_thres, ctx.conf_thres, ctx.topk_per_class, ctx.agnostic_nms).eval()
         outputs = ["num_dets", "boxes", "scores", "classes"]
         dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch"} for k in outputs}}
     else:

@@ -138,6 +138,20 @@ def end2end_error(ref: torch.Tensor, out: list, scale: float, tol: float, conf_t
     return max_abs, max((error[i, j].item() for i, j in pairs), default=0.0)
 
 
+def end2end_reference(pred: torch.Tensor, ctx: ExportContext) -> list[torch.Tensor]:
+    """What an ``--nms`` graph must output per image: ``non_max_suppression`` (class-agnostic with
+    ``--agnostic-nms``), at most ``--topk-per-class`` boxes of each class, then the ``--max-det`` best."""
+    kept = non_max_suppression(pred, ctx.conf_thres, ctx.iou_thres, agnostic=ctx.agnostic_nms, max_det=1 << 20)
+    out = []
+    for det in kept:  # rows by descending score
+        if ctx.topk_per_class and not ctx.agnostic_nms:
+            cls = det[:, 5]
+            rank = (cls[None, :] == cls[:, None]).tril().sum(1) - 1  # rows of the same class ranked above, per row
+            det = det[rank < ctx.topk_per_class]
+        out.append(det[:ctx.max_det])
+    return out
+
+
 def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, float]:
     """Run ``file`` through its backend and compare with the folded PyTorch model: (max abs diff, error)."""
     tol = TOLERANCE["fp16" if ctx.half and fmt != "fused" else "fp32"]
@@ -149,7 +163,7 @@ def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, floa
         out = backend(im)
         scale = max(im.shape[2:])
         if backend.end2end:
-            kept = non_max_suppression(ref, ctx.conf_thres, ctx.iou_thres, max_det=ctx.max_det)
+            kept = end2end_reference(ref, ctx)
             diffs = [end2end_error(det.cpu(), [t[i].cpu() for t in out], scale, tol, ctx.conf_thres)
                      for i, det in enumerate(kept)]
         else:

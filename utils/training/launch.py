@@ -38,8 +38,12 @@ def train(config: TrainConfig, callbacks=None):
             if getattr(config, flag):
                 raise ValueError(f"--{flag.replace('_', '-')} is not supported with DDP (torch.distributed.run): "
                                  "run it as a single process")
+    if config.batch_size == -1 and local_rank != -1:
+        raise ValueError("--batch-size -1 (AutoBatch) is not supported with DDP (torch.distributed.run): "
+                         "give the total batch size")
     config, hyp, data, ckpt = prepare(config)
-    device = select_device(config.device, config.batch_size)
+    device = select_device(config.device, max(config.batch_size, 0))
+    config = resolve_batch_size(config, hyp, data, device)
     if local_rank != -1:
         config = join_process_group(config, device)
     try:
@@ -56,6 +60,29 @@ def train(config: TrainConfig, callbacks=None):
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def resolve_batch_size(config: TrainConfig, hyp: dict, data: dict, device: torch.device) -> TrainConfig:
+    """``config`` with ``--batch-size -1`` replaced by AutoBatch's choice for this model, image size and device."""
+    if config.batch_size != -1:
+        return config
+    from models.yolo import Model
+    from utils.checkpoint import checkpoint_yaml
+    from utils.general import check_imgsz
+    from utils.hyperparameters import DEFAULTS
+    from utils.training.autobatch import autobatch
+
+    model = None
+    if device.type == "cuda":  # the CPU needs no model: autobatch says so and returns the default
+        nc = 1 if config.single_cls else int(data["nc"])
+        model = Model(config.cfg or checkpoint_yaml(config.weights), ch=3, nc=nc, anchors=hyp.get("anchors", DEFAULTS["anchors"]))
+        imgsz = check_imgsz(config.imgsz, max(int(model.stride.max()), 32))[0]
+    else:
+        imgsz = config.imgsz
+    batch_size = autobatch(model, imgsz, device)
+    if config.quad:  # the quad collate merges groups of 4 images
+        batch_size = max(4, batch_size // 4 * 4)
+    return replace(config, batch_size=batch_size)
 
 
 def join_process_group(config: TrainConfig, device: torch.device) -> TrainConfig:

@@ -58,6 +58,7 @@ class TrainConfig:
     freeze: tuple = (0,)
     save_period: int = -1
     image_weights: bool = False
+    quad: bool = False
     evolve: Union[int, None] = None
     seed: int = 0
     deterministic: bool = False
@@ -69,6 +70,9 @@ class TrainConfig:
         if self.evolve and self.resume:
             raise ValueError("--evolve and --resume cannot be combined: run the same --evolve command again (same "
                              "--project/--name) to continue an evolution")
+        if self.quad and self.batch_size != -1 and self.batch_size % 4:
+            raise ValueError(f"--quad merges groups of 4 images: --batch-size must be a multiple of 4, got "
+                             f"batch_size={self.batch_size}")
 
     def to_dict(self) -> dict:
         """Plain data (lists, not tuples) for opt.yaml and checkpoints."""
@@ -95,7 +99,7 @@ RULES = {  # the flags val.py and detect.py share keep their rules from utils.ge
     "data": Rule(None, lambda v: isinstance(v, (str, dict)), "a dataset YAML path or dict"),
     "hyp": Rule(str, ANY, "a hyperparameter YAML path", optional=True),
     "epochs": Rule(int, lambda v: v >= 1, ">= 1", optional=True),
-    "batch_size": OPTION_RULES["batch_size"],
+    "batch_size": Rule(int, lambda v: v >= 1 or v == -1, ">= 1, or -1 for AutoBatch (CUDA)"),
     "imgsz": Rule(int, lambda v: v >= 32, ">= 32", optional=True),
     "resume": Rule(None, lambda v: isinstance(v, (bool, str)), "True, False or a last.pt path"),
     "cache": _one_of(CACHES),

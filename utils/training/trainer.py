@@ -206,7 +206,7 @@ class Trainer:
         train_loader, dataset = create_dataloader(
             data["train"], self.imgsz, self.batch_size, self.gs, config.single_cls, hyp=self.hyp, augment=True,
             cache=config.cache, rect=config.rect, rank=self.rank, workers=config.workers, prefix="train: ", shuffle=True,
-            seed=config.seed, nc=self.data_nc, image_weights=config.image_weights)
+            seed=config.seed, nc=self.data_nc, image_weights=config.image_weights, quad=config.quad)
         labels = np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
         if not len(labels):  # nothing to learn from: fail now, not after an epoch of zero box loss
             raise ValueError(f"no labels in {data['train']}: all {len(dataset)} images lack label files or boxes "
@@ -318,6 +318,8 @@ class Trainer:
     def backward(self, loss: torch.Tensor) -> None:
         if self.rank != -1:
             loss = loss * self.world_size  # DDP averages gradients across processes
+        if self.config.quad:  # the loss scales with the batch, which --quad makes 4x smaller (YOLOv5's factor)
+            loss = loss * 4
         self.scaler.scale(loss).backward()
 
     def optimizer_step(self) -> None:
