@@ -31,7 +31,8 @@ from utils.datasets.dataset_config import load_names
 from utils.general import LOGGER, ROOT, check_imgsz, check_options, increment_path, setup_logging, unique_name
 from utils.ops import label_lines, scale_boxes
 from utils.plots import class_name
-from utils.datasets.sources import LoadImages, display_available, expand_files, is_stream, load_source
+from utils.datasets.sources import LoadImages, expand_files, is_stream, load_source
+from utils.display import Viewer
 from utils.torch_utils import select_device, synced_time
 
 
@@ -172,9 +173,7 @@ def run(
     if backend.imgsz is not None and tuple(backend.imgsz) != imgsz:  # a fixed-shape export takes one size only
         LOGGER.warning(f"WARNING {weights} was exported for {tuple(backend.imgsz)} inputs: using that, not {imgsz}")
         imgsz = tuple(int(v) for v in backend.imgsz)
-    if view_img and not display_available():
-        LOGGER.warning("WARNING --view-img: no display available (headless system or OpenCV without GUI); not showing")
-        view_img = False
+    viewer = Viewer(view_img, then="detecting without showing")  # one warning line where no window can open
     # minimum-rectangle letterbox when the model takes any shape (faster), the exported shape otherwise
     dataset = load_source(source, imgsz, stride, auto=backend.imgsz is None, vid_stride=vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # after the source opened
@@ -185,7 +184,7 @@ def run(
     nms = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det,
                end2end=getattr(backend, "end2end", False))
     try:
-        results, dt = _loop(dataset, backend, augment, nms, outputs, names, view_img, features)
+        results, dt = _loop(dataset, backend, augment, nms, outputs, names, viewer, features)
     finally:
         outputs.close()
         if features is not None:
@@ -215,7 +214,7 @@ def _feature_maps(backend, augment: bool):
     return FeatureMaps(backend.native())
 
 
-def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, view_img: bool, features=None):
+def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, viewer: Viewer, features=None):
     """Inference over every item of ``dataset``; returns (results, [pre, inference, nms] seconds)."""
     results, dt, frames, last_path = [], [0.0, 0.0, 0.0], {}, None
     for path, im, im0, cap, s in dataset:
@@ -235,6 +234,7 @@ def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, v
         fps = video_fps(cap, dataset, path)
         if isinstance(dataset, LoadImages) and last_path not in (None, path):
             outputs.finish_video(last_path)  # videos of a folder come one after another
+            viewer.close(str(last_path))  # one window per file at a time; the last stays until the process ends
         last_path = path
         frame = frames[path] = frames.get(path, 0) + 1 if fps is not None else 0
         results.append(ImageResult(str(path), frame, det.numpy(), tuple(im0.shape[:2])))
@@ -243,13 +243,12 @@ def _loop(dataset, backend, augment: bool, nms: dict, outputs: Outputs, names, v
         if features is not None:
             stem = Path(outputs.out_name(path)).stem + (f"_{frame}" if frame else "")
             features.save(outputs.save_dir / "features" / stem)
-        if outputs.save_img or view_img:
+        if outputs.save_img or viewer.enabled:
             annotated = outputs.annotate(im0, det)
             outputs.image(path, annotated, fps)
-            if view_img:
-                cv2.imshow(str(path), annotated)
-                if cv2.waitKey(1) & 0xFF == ord("q"):  # q quits, as in YOLOv5
-                    break
+            if not viewer.show(str(path), annotated):  # a window per file or stream, 1 ms of events a frame
+                LOGGER.info("--view-img: q pressed, stopping")
+                break
     return results, dt
 
 
@@ -265,7 +264,7 @@ def parse_opt(argv=None):
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--view-img", action="store_true", help="show results")
+    p.add_argument("--view-img", action="store_true", help="show results in a window per file or stream (q stops)")
     p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
     p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
     p.add_argument("--save-crop", action="store_true", help="save cropped prediction boxes")

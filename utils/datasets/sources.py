@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import http.client
 import math
-import os
 import threading
 import time
 import urllib.request
@@ -357,17 +356,3 @@ def load_source(source, img_size=640, stride: int = 32, auto: bool = True, vid_s
     if isinstance(source, (str, Path)) and is_stream(str(source)):
         return LoadStreams(str(source), img_size, stride, auto, vid_stride)
     return LoadImages(source, img_size, stride, auto, vid_stride)
-
-
-def display_available() -> bool:
-    """Whether cv2.imshow can open a window (a display exists and OpenCV has GUI support)."""
-    if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and \
-            not Path("/System").is_dir():  # Linux without X/Wayland (macOS has /System and no DISPLAY)
-        return False
-    try:
-        cv2.imshow("display check", np.zeros((8, 8, 3), dtype=np.uint8))
-        cv2.waitKey(1)
-        cv2.destroyWindow("display check")
-        return True
-    except cv2.error:  # opencv-python-headless has no GUI backend
-        return False

@@ -274,15 +274,12 @@ class Detections:
         return self.ims
 
     def show(self, labels: bool = True) -> None:
-        """Display the annotated images in OpenCV windows, when a display exists (warns otherwise)."""
-        from utils.datasets.sources import display_available
+        """Display the annotated images in OpenCV windows, when a display exists (one warning otherwise)."""
+        from utils.display import Viewer
 
-        if not display_available():
-            LOGGER.warning("WARNING Detections.show(): no display available; use save() or render() instead")
-            return
+        viewer = Viewer(who="Detections.show()", then="use save() or render() instead")
         for f, im in zip(self.files, self._annotated(labels)):
-            cv2.imshow(str(f), im[..., ::-1])
-        cv2.waitKey(1)
+            viewer.show(str(f), np.ascontiguousarray(im[..., ::-1]))
 
     def save(self, labels: bool = True, save_dir="runs/detect/exp", exist_ok: bool = False) -> Path:
         """Write the annotated images to ``save_dir`` (incremented: exp, exp2, ...); returns the folder."""
