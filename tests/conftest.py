@@ -82,10 +82,15 @@ def tiny_data(tmp_path_factory) -> Path:
     return shapes_data(tmp_path_factory.mktemp("tiny"), "tiny", n_train=24, n_val=8, imgsz=96, seed=3)
 
 
+# ClearML reports from a thread instead of its default subprocess, whose offline close waits 10 s for a daemon
+CLEARML_CONF = "sdk { development { report_use_subprocess: false } }\n"
+
+
 @pytest.fixture(scope="session")
 def tracked_run(tmp_path_factory, tiny_data):
-    """One 1-epoch training on tiny_data with every hook recorded by a user callback, Weights & Biases and Comet
-    offline (enabled by WANDB_MODE, COMET_MODE) and MLflow on a local file store (--track mlflow): (run folder,
+    """One 1-epoch training on tiny_data with every hook recorded by a user callback, Weights & Biases, Comet and
+    ClearML offline (enabled by WANDB_MODE, COMET_MODE, CLEARML_OFFLINE_MODE; ClearML's session under
+    clearml-cache/offline) and MLflow on a local file store (--track mlflow): (run folder,
     recorded calls [(hook, args, kwargs)], MLflow tracking URI, hyperparameters used). Shared by
     test_callbacks.py and test_trackers.py."""
     import train
@@ -96,13 +101,17 @@ def tracked_run(tmp_path_factory, tiny_data):
     for hook in HOOKS:
         callbacks.register_action(hook, "recorder", lambda *a, _hook=hook, **k: calls.append((_hook, a, k)))
     uri = f"file:{tmp / 'mlruns'}"
+    (tmp / "clearml.conf").write_text(CLEARML_CONF)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in dict(WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_DATA_DIR=str(tmp / "wandb-data"),
                                WANDB_CACHE_DIR=str(tmp / "wandb-cache"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"),
                                MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true", COMET_MODE="offline",
-                               COMET_ERROR_TRACKING_ENABLE="false").items():  # no Sentry reports from Comet
+                               COMET_ERROR_TRACKING_ENABLE="false",  # no Sentry reports from Comet
+                               CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(tmp / "clearml-cache"),
+                               CLEARML_CONFIG_FILE=str(tmp / "clearml.conf")).items():
             mp.setenv(key, value)
-        for key in ("WANDB_PROJECT", "COMET_PROJECT_NAME", "COMET_OFFLINE_DIRECTORY"):
+        for key in ("WANDB_PROJECT", "COMET_PROJECT_NAME", "COMET_OFFLINE_DIRECTORY", "CLEARML_API_ACCESS_KEY",
+                    "CLEARML_API_SECRET_KEY", "CLEARML_API_HOST"):
             mp.delenv(key, raising=False)
         train.run(data=str(tiny_data), cfg="yolov5s_RepVGG.yaml", imgsz=64, batch_size=8, workers=0, epochs=1,
                   project=str(tmp / "runs"), name="exp", track=["mlflow"], callbacks=callbacks)

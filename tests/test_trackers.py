@@ -1,4 +1,4 @@
-"""Experiment trackers with the real libraries: W&B offline and MLflow on a local file store, read back through
+"""Experiment trackers with the real libraries: W&B, Comet and ClearML offline and MLflow on a local file store, read back through
 their own formats and client; with the libraries unavailable or unconfigured, training imports none of them."""
 from __future__ import annotations
 
@@ -118,11 +118,42 @@ def test_comet_offline_archive_holds_hyp_metrics_plots_and_best(tracked_run):
         assert z.read(model["file_path"]) == (run_dir / "weights" / "best.pt").read_bytes()
 
 
+def clearml_session(cache: Path, task_id: str) -> tuple[dict, list, Path]:
+    """An offline ClearML session folder (<cache>/offline/<task id>, what the zip beside it holds): task.json (the
+    task, its hyperparameters and artifacts), metrics.jsonl (one JSON list of events a line) and data/ (files)."""
+    folder = cache / "offline" / task_id
+    events = [e for line in (folder / "metrics.jsonl").read_text().splitlines() for e in json.loads(line)]
+    return json.loads((folder / "task.json").read_text()), events, folder
+
+
+def test_clearml_offline_session_holds_hyp_metrics_plots_and_best(tracked_run):
+    run_dir, _, _, hyp = tracked_run
+    task_id = torch.load(run_dir / "weights" / "best.pt", weights_only=True)["trackers"]["clearml"]
+    cache = run_dir.parents[1] / "clearml-cache"
+    task, events, folder = clearml_session(cache, task_id)
+    assert (cache / "offline" / f"{task_id}.zip").is_file()
+    assert task["name"] == "exp" and task["project_name"] == "runs" and task["type"] == "training"
+    params = {k: v["value"] for k, v in task["hyperparams"]["Hyperparameters"].items()}
+    assert float(params["lr0"]) == hyp["lr0"] and params["epochs"] == "1" and params["imgsz"] == "64"
+    scalars = {}
+    for e in events:
+        if e["type"] == "training_stats_scalar":
+            scalars.setdefault(f"{e['metric']}/{e['variant']}", []).append(e["iter"])
+    assert all(scalars[k] == [0] for k in RESULT_KEYS) and scalars["fitness/fitness"] == [0], scalars
+    images = {e["variant"]: Path(e["url"]) for e in events if e["type"] == "training_debug_image"}
+    assert PLOTS <= set(images) and all(p.is_file() and p.is_relative_to(folder) for p in images.values())
+    (artifact,) = task["execution"]["artifacts"]
+    best = (run_dir / "weights" / "best.pt").read_bytes()
+    assert artifact["key"] == "best.pt" and Path(artifact["uri"]).read_bytes() == best
+    assert artifact["hash"] == hashlib.sha256(best).hexdigest()
+
+
 def test_checkpoints_keep_tracker_run_ids_as_plain_data(tracked_run):
     run_dir = tracked_run[0]
     for name in ("last.pt", "best.pt"):
         trackers = torch.load(run_dir / "weights" / name, weights_only=True)["trackers"]
-        assert sorted(trackers) == ["comet", "mlflow", "wandb"] and all(isinstance(v, str) for v in trackers.values())
+        assert sorted(trackers) == ["clearml", "comet", "mlflow", "wandb"]
+        assert all(isinstance(v, str) for v in trackers.values())
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert offline.name.endswith(trackers["wandb"])
     assert (run_dir / "comet" / f"{trackers['comet']}.zip").exists()
@@ -146,6 +177,10 @@ def test_resumed_training_continues_the_tracker_runs(tracked_run, tmp_path, monk
     monkeypatch.setenv("COMET_MODE", "offline")
     monkeypatch.setenv("COMET_ERROR_TRACKING_ENABLE", "false")  # no Sentry reports from Comet
     monkeypatch.delenv("COMET_OFFLINE_DIRECTORY", raising=False)
+    cache = run_dir.parents[1] / "clearml-cache"  # the same offline session folder is continued
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(cache))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(run_dir.parents[1] / "clearml.conf"))
     save_dir = tmp_path / "runs" / "exp"
     save_dir.mkdir(parents=True)
     callbacks = Callbacks()
@@ -163,6 +198,10 @@ def test_resumed_training_continues_the_tracker_runs(tracked_run, tmp_path, monk
     assert run.run_id == ckpt["trackers"]["wandb"]
     (archive,) = (save_dir / "comet").glob("*.zip")  # ExistingOfflineExperiment: <key>-<suffix>.zip
     assert archive.name.startswith(ckpt["trackers"]["comet"])
+    task, events, _ = clearml_session(cache, ckpt["trackers"]["clearml"])
+    steps = [e["iter"] for e in events if e["type"] == "training_stats_scalar" and e["variant"] == "mAP_0.5"]
+    assert steps == [0, 1]  # epoch 1 appended, not offset by ClearML's continue_last_task
+    assert float(task["hyperparams"]["Hyperparameters"]["lr0"]["value"]) != 0.5
 
 
 def test_configured_reads_each_trackers_own_settings(monkeypatch, tmp_path):
@@ -171,12 +210,16 @@ def test_configured_reads_each_trackers_own_settings(monkeypatch, tmp_path):
     assert configured("wandb", {"WANDB_MODE": "offline"}) and configured("wandb", {"WANDB_API_KEY": "x"})
     assert not configured("wandb", {"WANDB_API_KEY": "x", "WANDB_MODE": "disabled"})
     assert configured("mlflow", {"MLFLOW_TRACKING_URI": "file:/tmp/mlruns"})
+    assert not configured("clearml", {"CLEARML_OFFLINE_MODE": "0"}) and not configured("clearml", {})
+    assert configured("clearml", {"CLEARML_OFFLINE_MODE": "1"}) and configured("clearml", {"CLEARML_API_ACCESS_KEY": "x"})
     for key in ("WANDB_MODE", "WANDB_API_KEY", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(key, raising=False)
     assert enabled_trackers(("mlflow",)) == ["mlflow"]  # an explicit --track needs no configuration
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password key\n")
     (tmp_path / ".netrc").chmod(0o600)  # as wandb login writes it (Python's netrc refuses a readable password)
     assert configured("wandb", {})
+    (tmp_path / "clearml.conf").write_text("")  # where clearml-init writes its configuration
+    assert configured("clearml", {})
 
 
 UNAVAILABLE = """
@@ -185,10 +228,11 @@ sys.path.insert(0, {root!r})
 import train, utils.training.trainer
 from utils.loggers import enabled_trackers, installed
 
-LIBS = ("wandb", "mlflow", "comet_ml")
+LIBS = ("wandb", "mlflow", "comet_ml", "clearml")
 print("UNCONFIGURED:", [installed(m) for m in LIBS], enabled_trackers(),
       sorted(m for m in sys.modules if m.split(".")[0] in LIBS))
-os.environ.update(WANDB_MODE="offline", MLFLOW_TRACKING_URI={uri!r}, COMET_MODE="offline")  # configured, but:
+os.environ.update(WANDB_MODE="offline", MLFLOW_TRACKING_URI={uri!r}, COMET_MODE="offline",
+                  CLEARML_OFFLINE_MODE="1")  # configured, but:
 for name in LIBS:
     sys.modules[name] = None  # as if uninstalled: import and importlib.util.find_spec both fail
 train.run(data={data!r}, cfg="yolov5s_RepVGG.yaml", imgsz=64, batch_size=8, workers=0, epochs=1,
@@ -205,13 +249,13 @@ def test_trackers_unconfigured_or_unavailable_cost_nothing(tiny_data, tmp_path):
     """In one process: installed but not configured, importing the training code and deciding the trackers imports
     neither library; then configured (WANDB_MODE, MLFLOW_TRACKING_URI) but not installed, the run trains as before,
     imports neither, and --track is refused naming the package."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "COMET_"))}
-    env["HOME"] = str(tmp_path)  # no ~/.netrc from a wandb login, no ~/.comet.config
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "COMET_", "CLEARML_"))}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc from a wandb login, no ~/.comet.config or ~/clearml.conf
     script = UNAVAILABLE.format(root=str(ROOT), data=str(tiny_data), project=str(tmp_path / "runs"),
                                 uri=f"file:{tmp_path / 'mlruns'}")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "UNCONFIGURED: [True, True, True] [] []" in done.stdout
+    assert "UNCONFIGURED: [True, True, True, True] [] []" in done.stdout
     assert "REFUSED: --track wandb: the wandb package is not installed (pip install wandb)" in done.stdout
     assert "LOADED: []" in done.stdout
     run_dir = tmp_path / "runs" / "exp"

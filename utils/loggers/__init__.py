@@ -8,6 +8,8 @@ the way its users configure it (``TRACKER_SETTINGS``):
   ``WANDB_MODE=disabled`` (or ``WANDB_DISABLED=true``) keeps it off unless ``--track wandb`` is given.
 - ``mlflow``: ``MLFLOW_TRACKING_URI`` set.
 - ``comet``: ``COMET_API_KEY`` set, ``COMET_MODE=offline``, or a ~/.comet.config.
+- ``clearml``: ``CLEARML_OFFLINE_MODE`` true, ``CLEARML_API_ACCESS_KEY`` or ``CLEARML_CONFIG_FILE`` set, or a
+  ~/clearml.conf (``clearml-init``).
 
 Deciding costs no import of the tracker's library (``importlib.util.find_spec`` only); a tracker that is not
 enabled is never imported. Each tracker's run id is stored in the checkpoints (plain data under
@@ -26,9 +28,9 @@ from utils.general import LOGGER
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
-TRACKERS = ("wandb", "mlflow", "comet")  # --track choices; module utils/loggers/<name>_logger.py, class Tracker
-PIP_NAMES = {"wandb": "wandb", "mlflow": "mlflow-skinny", "comet": "comet_ml"}
-MODULES = {"wandb": "wandb", "mlflow": "mlflow", "comet": "comet_ml"}
+TRACKERS = ("wandb", "mlflow", "comet", "clearml")  # --track choices; module utils/loggers/<name>_logger.py, class Tracker
+PIP_NAMES = {"wandb": "wandb", "mlflow": "mlflow-skinny", "comet": "comet_ml", "clearml": "clearml"}
+MODULES = {"wandb": "wandb", "mlflow": "mlflow", "comet": "comet_ml", "clearml": "clearml"}
 
 
 def installed(module: str) -> bool:
@@ -46,6 +48,12 @@ def _wandb_logged_in() -> bool:
         return False
 
 
+def clearml_offline(env=None) -> bool:
+    """Whether ``CLEARML_OFFLINE_MODE`` asks for ClearML's offline mode (the values ClearML reads as true)."""
+    env = os.environ if env is None else env
+    return env.get("CLEARML_OFFLINE_MODE", "").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
 def configured(name: str, env=None) -> bool:
     """Whether the user configured tracker ``name`` through its own settings (see the module docstring)."""
     env = os.environ if env is None else env
@@ -59,6 +67,9 @@ def configured(name: str, env=None) -> bool:
     if name == "comet":
         return (bool(env.get("COMET_API_KEY")) or env.get("COMET_MODE", "").lower() == "offline"
                 or (Path.home() / ".comet.config").is_file())
+    if name == "clearml":
+        return (clearml_offline(env) or bool(env.get("CLEARML_API_ACCESS_KEY") or env.get("CLEARML_CONFIG_FILE"))
+                or (Path.home() / "clearml.conf").is_file())
     raise ValueError(f"unknown tracker {name!r}; trackers are {', '.join(TRACKERS)}")
 
 
