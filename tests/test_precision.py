@@ -16,6 +16,7 @@ from utils.checkpoint import load_model
 from utils.datasets.dataloaders import create_dataloader
 from utils.datasets.dataset_config import check_dataset
 from utils.evaluation.evaluator import validate
+from utils.display import Viewer
 from utils.ops import box_iou
 
 MAP_TOL = 0.005  # mAP50-95, fp16 against fp32 (the GPU acceptance figure)
@@ -52,7 +53,7 @@ def _detections(weights: Path, source: Path, half: bool, augment: bool) -> list:
     dataset = detect.load_source(str(source), (160, 160), backend.stride, auto=True, vid_stride=1)
     outputs = detect.Outputs(Path("."), backend.names, False, False, False, False, 3, False, False)
     nms = dict(conf_thres=CONF, iou_thres=0.45, classes=None, agnostic=False, max_det=100, end2end=False)
-    results, _ = detect._loop(dataset, backend, augment, nms, outputs, backend.names, False)
+    results, _ = detect._loop(dataset, backend, augment, nms, outputs, backend.names, Viewer(False))
     return results
 
 
