@@ -20,7 +20,7 @@ from models.common import C3, DWConv, OREPA, SPPF, Bottleneck, Concat, Conv, QAR
 from models.layers import parse_activation
 from models.reparameterizable import Reparameterizable
 from models.yolov7_blocks import MP, SP, SPPCSPC, DownC, ImplicitA, ImplicitM, RepConv, ReOrg, Shortcut
-from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, make_divisible, setup_logging
+from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, make_divisible, setup_logging, yaml_file_names
 from utils.ops import decode_boxes
 from utils.reparam import fold_implicit
 from utils.torch_utils import initialize_weights, model_summary
@@ -243,8 +243,7 @@ def resolve_cfg(cfg: str | Path) -> Path:
     p = Path(cfg)
     if p.is_file():
         return p
-    names = [p.name] if p.suffix in (".yaml", ".yml") else [p.name + ".yaml", p.name + ".yml"]
-    for name in names:
+    for name in yaml_file_names(p):
         hits = sorted((ROOT / "models").rglob(name))
         if hits:
             return hits[0]

@@ -201,6 +201,12 @@ def _check_expanded_size(obj, where: str) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+def yaml_file_names(name: str | Path) -> list[str]:
+    """The file names a bare config name may have: itself when it ends in .yaml/.yml, else with either suffix."""
+    p = Path(name)
+    return [p.name] if p.suffix in (".yaml", ".yml") else [p.name + ".yaml", p.name + ".yml"]
+
+
 def load_yaml(path: str | Path, what: str = "YAML file") -> dict:
     """A YAML mapping from a file, safely: data only, size and alias-expansion limits, and errors that name
     the file (missing, too large, binary, invalid YAML, not a mapping)."""

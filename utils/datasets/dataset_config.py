@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml
+from utils.general import LOGGER, ROOT, excerpt, is_whole, load_yaml, yaml_file_names
 from utils.datasets.synthetic import generate_shapes
 from utils.textfiles import read_list
 
@@ -37,7 +37,7 @@ def resolve_data_yaml(data: str | Path) -> Path:
     file = Path(data)
     if file.is_file() or file.parent != Path("."):
         return file
-    for name in ([file.name] if file.suffix in (".yaml", ".yml") else [file.name + ".yaml", file.name + ".yml"]):
+    for name in yaml_file_names(file):
         if (ROOT / "data" / name).is_file():
             return ROOT / "data" / name
     return file
