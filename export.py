@@ -6,6 +6,7 @@
     python export.py --weights best.pt --include onnx --nms --topk-per-class 50 --topk-all 100 [--agnostic-nms]
     python export.py --weights best.pt --include engine --device 0 --half --workspace 4
     python export.py --weights best.pt --include onnx openvino --int8 --data data.yaml [--calib-images 300]
+    python export.py --weights best.pt --include tflite executorch [--int8 --data data.yaml]
 
 Formats (files land beside the weights):
 
@@ -16,6 +17,11 @@ Formats (files land beside the weights):
 | onnx        | <stem>.onnx                   | ONNX Runtime, OpenCV DNN (--opset 12)      |
 | openvino    | <stem>_openvino_model/        | OpenVINO                                   |
 | engine      | <stem>.engine                 | TensorRT (CUDA and tensorrt required)      |
+| tflite      | <stem>_float32.tflite and     | LiteRT interpreter (ai-edge-litert)        |
+|             | <stem>_float16.tflite         |                                            |
+| executorch  | <stem>.pte (XNNPACK)          | ExecuTorch runtime                         |
+
+tflite and executorch need the optional packages of requirements-mobile.txt (``utils.deploy.mobile_exporters``).
 
 Every format is exported from the folded model (``load_model(..., fuse=True)``), so no graph has
 training branches (``utils.deploy.export_pipeline``). Each file is then run through ``utils.deploy.backends.load_backend``
@@ -28,8 +34,8 @@ Files are written into a hidden staging folder and get their name only once veri
 as ``<name>.failed<suffix>`` (``best.failed.onnx``) and the previous verified file stays in place.
 
 ``--int8`` also writes a calibrated INT8 model for each of onnx (``<stem>-int8.onnx``, ONNX Runtime QDQ),
-openvino (``<stem>_int8_openvino_model/``, NNCF) and engine (``<stem>-int8.engine``, TensorRT from the QDQ
-ONNX), calibrated on ``--calib-images`` images of ``--data`` (see ``utils.deploy.quantize``). INT8 cannot equal
+openvino (``<stem>_int8_openvino_model/``, NNCF), engine (``<stem>-int8.engine``, TensorRT from the QDQ
+ONNX), tflite (``<stem>_int8.tflite``, ai-edge-quantizer) and executorch (``<stem>-int8.pte``, PT2E), calibrated on ``--calib-images`` images of ``--data`` (see ``utils.deploy.quantize``). INT8 cannot equal
 fp32 tensor by tensor, so it is verified by its detections on the data's val images: the share of the
 fp32 model's detections it reproduces and their mean IoU, printed, with a failure below the stated levels.
 """
@@ -117,7 +123,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1, help="batch size (the largest with --dynamic engine)")
     parser.add_argument("--device", default="cpu", help="cpu or a CUDA id such as 0")
     parser.add_argument("--half", action="store_true", help="FP16 weights and inputs (CPU fp16 tracing needs a torch build with CPU half kernels)")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO/TensorRT: dynamic batch and image size")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO/TensorRT: dynamic batch and image size "
+                        "(tflite and executorch files have a fixed shape)")
     parser.add_argument("--simplify", action="store_true", help="ONNX: slim the graph with onnxslim")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (12 for OpenCV DNN)")
     parser.add_argument("--workspace", type=float, default=4, help="TensorRT builder workspace (GB)")
@@ -133,7 +140,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="verbose exporter logs, tracebacks on failure")
     parser.add_argument("--data", type=str, default=None, help="dataset YAML whose class names to embed (and, with "
                         "--int8, whose images calibrate and verify)")
-    parser.add_argument("--int8", action="store_true", help="also write calibrated INT8 onnx/openvino/engine models")
+    parser.add_argument("--int8", action="store_true", help="also write calibrated INT8 onnx/openvino/engine/"
+                        "tflite/executorch models")
     parser.add_argument("--calib-images", type=int, default=300, help="--int8: calibration images from --data")
     return parser.parse_args(argv)
 

@@ -3,7 +3,8 @@
 Run from the repository root::
 
     python benchmarks/bench_int8.py [--cfgs yolov5s yolov5s_RepVGG yolov5s_QARepVGG yolov5s_OREPA]
-        [--epochs N] [--runs-dir DIR] [--calib-images 300] [--latency-runs 50] [--out FILE]
+        [--formats onnx openvino] [--epochs N] [--runs-dir DIR] [--calib-images 300] [--latency-runs 50] [--out FILE]
+    python benchmarks/bench_int8.py --formats tflite executorch --cfgs yolov5s yolov5s_RepVGG yolov5s_QARepVGG yolov7-tiny
 
 For each config: train it on the embedded default recipe (``python train.py --cfg X``: data/shapes.yaml and
 its recommendations; ``--epochs`` shortens it; a run already in ``--runs-dir`` is reused), then export best.pt
@@ -19,7 +20,9 @@ AVX-VNNI, AMX) are read from /proc/cpuinfo: INT8 gains little without VNNI or AM
 methods in ``utils.deploy.quantize.CALIBRATIONS`` (same images, same layout otherwise) and its fp32 OpenVINO IR
 with each NNCF activation range estimator in ``OPENVINO_RANGES``, and validates each: how
 ``utils.deploy.quantize.CALIBRATION_METHOD`` and ``OPENVINO_ACTIVATION_RANGES`` were chosen.
-``--latency-runs 0`` skips the latency copies (accuracy only).
+``--latency-runs 0`` skips the latency copies (accuracy only). ``--formats`` picks the exports compared (any of
+``FORMATS``; the mobile ones need requirements-mobile.txt): LiteRT's float32 and INT8 ``.tflite`` run in the LiteRT
+interpreter (XNNPACK), ExecuTorch's ``.pte`` files in ExecuTorch's runtime (XNNPACK).
 """
 from __future__ import annotations
 
@@ -35,26 +38,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from machine import cpu_name, emit  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, cpu_name, emit  # noqa: E402  (benchmarks/machine.py)
 
 DATA = ROOT / "data" / "shapes.yaml"
 CFGS = ("yolov5s", "yolov5s_RepVGG", "yolov5s_QARepVGG", "yolov5s_OREPA")
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 OPENVINO_RANGES = ("MINMAX", "HISTOGRAM")  # NNCF RangeEstimatorParametersSet members compared
+FORMATS = {"onnx": "ONNX", "openvino": "OpenVINO", "tflite": "TFLite", "executorch": "ExecuTorch"}
+RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "tflite": "LiteRT", "executorch": "ExecuTorch"}
 
 
 def cpu_int8_flags() -> list[str]:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return [f for f in INT8_FLAGS if f in flags]
+    return cpu_flags(INT8_FLAGS)
 
 
-def ort_version() -> str:
-    import onnxruntime
+def package_versions(formats) -> str:
+    """The runtimes behind ``formats``, with their versions (the table's figures depend on them)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return onnxruntime.__version__
+    packages = {"onnx": ["onnxruntime"], "openvino": ["openvino", "nncf"],
+                "tflite": ["litert-torch", "ai-edge-litert", "ai-edge-quantizer"], "executorch": ["executorch", "torchao"]}
+    out = []
+    for name in dict.fromkeys(p for f in formats for p in packages[f]):
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} missing")
+    return ", ".join(out)
 
 
 def train(cfg: str, runs_dir: Path, epochs: int | None) -> Path:
@@ -71,15 +81,16 @@ def train(cfg: str, runs_dir: Path, epochs: int | None) -> Path:
     return best
 
 
-def export_forms(weights: Path, imgsz: int, calib: int, timing_only: bool = False) -> tuple[dict, dict]:
-    """({form: file}, {form: detection agreement}) for fp32/INT8 ONNX and OpenVINO at ``imgsz``.
+def export_forms(weights: Path, imgsz: int, calib: int, timing_only: bool = False,
+                 formats=("onnx", "openvino")) -> tuple[dict, dict]:
+    """({form: file}, {form: detection agreement}) for fp32/INT8 ``formats`` at ``imgsz``.
 
     ``timing_only``: an INT8 file that export's verification refused (kept as ``*.failed.*``) is still timed,
     and the refusal reported: the 640 px latency copies run a model trained at 160 px on 4x upscaled images,
     where a weak model's marginal detections may not survive INT8 (its speed is the same)."""
     import export
 
-    results = export.run(weights=str(weights), include=("onnx", "openvino"), imgsz=(imgsz, imgsz), int8=True,
+    results = export.run(weights=str(weights), include=tuple(formats), imgsz=(imgsz, imgsz), int8=True,
                          data=str(DATA), calib_images=calib)
     failed = [f"{r.format}: {r.error}" for r in results if not r.ok]
     if failed and timing_only and all(r.file is not None and r.file.exists() for r in results):
@@ -168,6 +179,10 @@ def latency_ms(file: Path, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def table_header(columns: list[str]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cfgs", nargs="+", default=list(CFGS))
@@ -175,9 +190,13 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_int8")
     p.add_argument("--calib-images", type=int, default=300)
     p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--formats", nargs="+", default=["onnx", "openvino"], choices=list(FORMATS))
     p.add_argument("--compare-calibration", action="store_true", help="also INT8 ONNX mAP per calibration method")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.compare_calibration and not {"onnx", "openvino"} <= set(args.formats):
+        p.error("--compare-calibration needs --formats onnx openvino")
+    forms = [f for fmt in args.formats for f in (fmt, f"{fmt} int8")]
     import torch
     import yaml
 
@@ -186,8 +205,8 @@ def main(argv=None) -> int:
     t_all = time.time()
     for cfg in args.cfgs:
         best = train(cfg, args.runs_dir, args.epochs)
-        files, agree = export_forms(best, imgsz, args.calib_images)
-        m = {form: map5095(files[form], imgsz) for form in ("onnx", "onnx int8", "openvino", "openvino int8")}
+        files, agree = export_forms(best, imgsz, args.calib_images, formats=args.formats)
+        m = {form: map5095(files[form], imgsz) for form in forms}
         rows.append((cfg, m, agree))
         print(f"{cfg}: {m}", file=sys.stderr)
         if args.compare_calibration:
@@ -201,32 +220,32 @@ def main(argv=None) -> int:
         lat_dir.mkdir(parents=True, exist_ok=True)
         lat_weights = lat_dir / "best.pt"
         lat_weights.write_bytes(best.read_bytes())
-        lfiles, _ = export_forms(lat_weights, 640, min(args.calib_images, 64), timing_only=True)
-        lat = {form: latency_ms(lfiles[form], args.latency_runs) for form in ("onnx", "onnx int8", "openvino", "openvino int8")}
+        lfiles, _ = export_forms(lat_weights, 640, min(args.calib_images, 64), timing_only=True, formats=args.formats)
+        lat = {form: latency_ms(lfiles[form], args.latency_runs) for form in forms}
         lat_rows.append((cfg, lat))
         print(f"{cfg}: latency {lat}", file=sys.stderr)
 
     flags = cpu_int8_flags()
     vnni = "yes" if {"avx512_vnni", "avx_vnni"} & set(flags) else "no (u8 x s8 pairs add in int16: 7-bit weights matter here)"
     lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores; INT8-relevant CPU flags: {', '.join(flags) or 'none'} "
-             f"(VNNI: {vnni}); torch {torch.__version__}, onnxruntime {ort_version()}, Python {platform.python_version()}", "",
+             f"(VNNI: {vnni}); torch {torch.__version__}, {package_versions(args.formats)}, Python {platform.python_version()}", "",
              f"Accuracy: default recipe (data/shapes.yaml{f', {args.epochs} epochs' if args.epochs else ''}), imgsz {imgsz}, "
              f"val split, mAP50-95 from val.py; INT8 calibrated on {args.calib_images} train images "
              f"(evenly spaced); agreement = INT8 detections against fp32 on the val images (export's check)", "",
-             "| model | fp32 ONNX | INT8 ONNX | drop | fp32 OpenVINO | INT8 OpenVINO | drop | ONNX INT8 agreement | OpenVINO INT8 agreement |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             *table_header(["model"] + [c for f in args.formats for c in (f"fp32 {FORMATS[f]}", f"INT8 {FORMATS[f]}", "drop")]
+                           + [f"{FORMATS[f]} INT8 agreement" for f in args.formats])]
     for cfg, m, agree in rows:
-        lines.append(f"| {cfg} | {m['onnx']:.4f} | {m['onnx int8']:.4f} | {(m['onnx'] - m['onnx int8']) * 100:.2f} pt | "
-                     f"{m['openvino']:.4f} | {m['openvino int8']:.4f} | {(m['openvino'] - m['openvino int8']) * 100:.2f} pt | "
-                     f"{agree['onnx int8'].share:.1%}, IoU {agree['onnx int8'].mean_iou:.3f} | "
-                     f"{agree['openvino int8'].share:.1%}, IoU {agree['openvino int8'].mean_iou:.3f} |")
+        cells = [c for f in args.formats for c in (f"{m[f]:.4f}", f"{m[f + ' int8']:.4f}",
+                                                   f"{(m[f] - m[f + ' int8']) * 100:.2f} pt")]
+        cells += [f"{agree[f + ' int8'].share:.1%}, IoU {agree[f + ' int8'].mean_iou:.3f}" for f in args.formats]
+        lines.append(f"| {cfg} | " + " | ".join(cells) + " |")
     if lat_rows:
         lines += ["", f"Latency: 640x640, batch 1, median of {args.latency_runs} runs after 10 warm-up runs (ms)", "",
-                  "| model | ONNX Runtime fp32 | ONNX Runtime INT8 | speed-up | OpenVINO fp32 | OpenVINO INT8 | speed-up |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  *table_header(["model"] + [c for f in args.formats for c in (f"{RUNTIMES[f]} fp32", f"{RUNTIMES[f]} INT8",
+                                                                               "speed-up")])]
     for cfg, lat in lat_rows:
-        lines.append(f"| {cfg} | {lat['onnx']:.1f} | {lat['onnx int8']:.1f} | {lat['onnx'] / lat['onnx int8']:.2f}x | "
-                     f"{lat['openvino']:.1f} | {lat['openvino int8']:.1f} | {lat['openvino'] / lat['openvino int8']:.2f}x |")
+        lines.append(f"| {cfg} | " + " | ".join(c for f in args.formats for c in (
+            f"{lat[f]:.1f}", f"{lat[f + ' int8']:.1f}", f"{lat[f] / lat[f + ' int8']:.2f}x")) + " |")
     if calib_rows:
         from utils.deploy.quantize import CALIBRATIONS
 

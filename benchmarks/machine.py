@@ -23,6 +23,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")  # what kernels pick
+
+
+def cpu_flags(wanted=SIMD_FLAGS) -> list[str]:
+    """Those of ``wanted`` that /proc/cpuinfo lists (latency depends on them: VNNI for INT8, AVX-512); [] off Linux."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in wanted if f in flags]
+
+
 def cpu_times(children: bool = False) -> tuple[float, float, float, float] | None:
     """(busy, steal, total, own) CPU seconds: /proc/stat's aggregate line, then this process's own
     (plus its reaped children's with ``children``, for scripts whose work runs in subprocesses); None off Linux."""

@@ -243,9 +243,9 @@ def test_engine_failure_is_clear_and_other_formats_still_export(repvgg_checkpoin
 # --- backends without exports -------------------------------------------------------------------
 
 def test_load_backend_rejects_unknown_suffix(tmp_path):
-    f = tmp_path / "model.tflite"
+    f = tmp_path / "model.pb"  # a TensorFlow GraphDef, which YOLOv5 exports and nothing here reads
     f.write_bytes(b"\0")
-    with pytest.raises(ValueError, match=r"unsupported model format.*\.onnx.*\.engine"):
+    with pytest.raises(ValueError, match=r"unsupported model format.*\.onnx.*\.engine.*\.tflite.*\.pte"):
         load_backend(f)
 
 

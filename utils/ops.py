@@ -135,7 +135,8 @@ def decode_boxes(xy: torch.Tensor, wh: torch.Tensor, anchors: torch.Tensor, grid
     xy = xy * 2 - 0.5
     if grid is not None:
         xy = xy + grid
-    wh = (wh * 2) ** 2 * anchors
+    wh = wh * 2
+    wh = wh * wh * anchors  # not ** 2 (the same bits in torch): LiteRT's converter cannot lower pow
     if stride is not None:  # strides are powers of two: scaling after the anchor product rounds the same
         xy, wh = xy * stride, wh * stride
     return xy, wh

@@ -39,6 +39,8 @@ SUPPORTED_FORMATS = {
     ".onnx": "ONNX (ONNX Runtime; OpenCV DNN with --dnn)",
     "_openvino_model/ or .xml": "OpenVINO IR",
     ".engine": "TensorRT engine",
+    ".tflite": "LiteRT (TFLite) flatbuffer",
+    ".pte": "ExecuTorch program (XNNPACK)",
 }
 ENGINE_HEADER_BYTES = 4  # little-endian int32 length of the JSON metadata in front of an engine
 MAX_ENGINE_METADATA = 1 << 20  # a larger "length" means the file has no header (a bare engine)
@@ -607,6 +609,10 @@ def load_backend(weights, device=None, fp16: bool = False, fuse: bool = True, au
     if path.is_dir() and path.name.endswith("_openvino_model") or path.suffix == ".xml":
         return _open(OpenVINOBackend, path, device, fp16)
     backends = {".torchscript": TorchScriptBackend, ".onnx": OnnxRuntimeBackend, ".engine": TensorRTBackend}
+    if path.suffix in (".tflite", ".pte"):  # optional runtimes: imported only for these files
+        from utils.deploy.mobile_backends import ExecuTorchBackend, LiteRTBackend
+
+        backends.update({".tflite": LiteRTBackend, ".pte": ExecuTorchBackend})
     if path.suffix not in backends:
         supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_FORMATS.items())
         raise ValueError(f"unsupported model format: {path}; supported: {supported}")

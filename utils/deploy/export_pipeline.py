@@ -17,7 +17,8 @@ import torch
 from utils.atomic import remove_path, replace_path, sweep_stale, temporary_dir
 from utils.deploy.backends import load_backend
 from utils.checkpoint import load_model
-from utils.deploy.exporters import EXPORTERS, INT8_EXPORTERS, NMS_FORMATS, ExportContext, set_export_mode
+from utils.deploy.exporters import (EXPORTERS, FLOAT16_EXPORTERS, INT8_EXPORTERS, NMS_FORMATS, ExportContext,
+                                   set_export_mode)
 from utils.general import LOGGER, check_imgsz
 from utils.deploy.quantize import load_int8_data
 from utils.signals import signal_name
@@ -61,13 +62,15 @@ def _keep_failed(staged: Path, final: Path) -> tuple[Path, str]:
     return kept, f"; the unverified export is kept as {kept.name} ({previous})"
 
 
-def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult:
+def export_one(fmt: str, ctx: ExportContext, int8: bool = False, float16: bool = False) -> ExportResult:
     """Export and verify one format (its INT8 variant with ``int8``: verified by detections, see
-    utils.deploy.verify); a failure is logged with its message and returned, never raised.
+    utils.deploy.verify; its float16 file with ``float16``, for formats that write one beside the float32 one:
+    verified at the fp16 tolerance); a failure is logged with its message and returned, never raised.
 
     The exporter writes into a hidden staging folder beside the weights; only a verified file is renamed
     to its normal name, so a failure never replaces a good file that val/detect would pick up."""
-    name = f"{fmt} int8" if int8 else fmt
+    name = f"{fmt} int8" if int8 else f"{fmt} fp16" if float16 else fmt
+    exporter = INT8_EXPORTERS[fmt] if int8 else FLOAT16_EXPORTERS[fmt] if float16 else EXPORTERS[fmt]
     result = ExportResult(name)
     LOGGER.info(f"\n{name}: " + (f"quantizing with {len(ctx.int8_data.calibration)} calibration images..."
                                   if int8 else "exporting..."))
@@ -77,14 +80,14 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False) -> ExportResult
         if ctx.nms and fmt not in NMS_FORMATS:
             raise ValueError(f"--nms is supported for {', '.join(NMS_FORMATS)} only, not {fmt} "
                              f"(export {fmt} without --nms and run utils.ops.non_max_suppression on its output)")
-        staged = (INT8_EXPORTERS if int8 else EXPORTERS)[fmt](ctx)
+        staged = exporter(ctx)
         result.file = ctx.weights.parent / staged.name
         result.seconds, result.size_mb = time.time() - t0, size_mb(staged)
         if int8:  # by detections; fp32 and fp16 tensor by tensor (utils.deploy.verify)
             result.agreement = verify_int8(ctx.model, load_backend(staged, device=ctx.im.device),
                                            ctx.int8_data.verification, int(ctx.im.shape[0]), name)
         else:
-            result.max_abs_diff, result.error_ratio = verify_export(fmt, staged, ctx)
+            result.max_abs_diff, result.error_ratio = verify_export(fmt, staged, ctx, "fp16" if float16 else None)
         replace_path(staged, result.file)
         ctx.exported[name] = result.file  # verified: the fp32 engine may build from this ONNX
     except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported
@@ -144,6 +147,8 @@ def export_checkpoint(weights, include, imgsz, batch_size, device, names=None, i
     try:
         for fmt in formats:
             results.append(export_one(fmt, ctx))
+            if fmt in FLOAT16_EXPORTERS:
+                results.append(export_one(fmt, ctx, float16=True))
             if int8 and fmt in INT8_EXPORTERS:
                 results.append(export_one(fmt, ctx, int8=True))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under export.py: say what is on disk

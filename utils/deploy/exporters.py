@@ -24,6 +24,8 @@ from utils.deploy.backends import import_tensorrt, write_engine_file
 from utils.checkpoint import save_checkpoint
 from utils.general import LOGGER
 from utils.ops import xywh2xyxy
+from utils.deploy.mobile_exporters import (export_executorch, export_executorch_int8, export_tflite,
+                                           export_tflite_float16, export_tflite_int8)
 from utils.deploy.quantize import Int8Data, head_prefix, quantize_onnx, quantize_openvino
 from utils.signals import deferred_signals
 
@@ -411,7 +413,9 @@ def export_engine_int8(ctx: ExportContext) -> Path:
     return write_engine_file(ctx.file("-int8.engine"), ctx.metadata(half=False, int8=True), engine)
 
 
-INT8_EXPORTERS = {"onnx": export_onnx_int8, "openvino": export_openvino_int8, "engine": export_engine_int8}
+INT8_EXPORTERS = {"onnx": export_onnx_int8, "openvino": export_openvino_int8, "engine": export_engine_int8,
+                  "tflite": export_tflite_int8, "executorch": export_executorch_int8}
+FLOAT16_EXPORTERS = {"tflite": export_tflite_float16}  # formats that write a float16 file beside the float32 one
 
 EXPORTERS = {
     "fused": export_fused,
@@ -419,4 +423,6 @@ EXPORTERS = {
     "onnx": export_onnx,
     "openvino": export_openvino,
     "engine": export_engine,
+    "tflite": export_tflite,  # utils.deploy.mobile_exporters: optional packages, requirements-mobile.txt
+    "executorch": export_executorch,
 }

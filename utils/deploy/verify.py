@@ -152,9 +152,10 @@ def end2end_reference(pred: torch.Tensor, ctx: ExportContext) -> list[torch.Tens
     return out
 
 
-def verify_export(fmt: str, file: Path, ctx: ExportContext) -> tuple[float, float]:
-    """Run ``file`` through its backend and compare with the folded PyTorch model: (max abs diff, error)."""
-    tol = TOLERANCE["fp16" if ctx.half and fmt != "fused" else "fp32"]
+def verify_export(fmt: str, file: Path, ctx: ExportContext, precision: str | None = None) -> tuple[float, float]:
+    """Run ``file`` through its backend and compare with the folded PyTorch model: (max abs diff, error).
+    ``precision`` (a ``TOLERANCE`` key) is the file's, by default fp16 with ``--half`` (but for the fused .pt)."""
+    tol = TOLERANCE[precision or ("fp16" if ctx.half and fmt != "fused" else "fp32")]
     backend = load_backend(file, device=ctx.im.device)
     max_abs, worst = 0.0, 0.0
     for im in verification_inputs(ctx):
