@@ -35,8 +35,8 @@ class WithoutOptionalPackages(PathFinder):
 
 sys.meta_path[:] = [WithoutOptionalPackages if f is PathFinder else f for f in sys.meta_path]
 """
-ROWS = ("cuda-tests", "train yolov5s_RepVGG", "train yolov5s_OREPA", "train yolov5s", "train shapes", "val fp32",
-        "val --half", "export --half", "val fused", "val onnx", "val engine", "detect --half", "ddp nccl",
+ROWS = ("cuda-tests", "train yolov5s_RepVGG", "train yolov5s_OREPA", "train yolov5s", "loader", "train shapes",
+        "val fp32", "val --half", "export --half", "val fused", "val onnx", "val engine", "detect --half", "ddp nccl",
         "train --batch-size -1")
 
 
@@ -103,6 +103,11 @@ def test_gpu_check_rehearsal_passes_on_cpu_without_optional_packages(tmp_path):
     assert list(table) == list(ROWS), out[-3000:]
     assert {k for k, v in table.items() if v != "PASS"} == {"val engine"}
     assert re.search(r"^\| val engine\s+\| SKIP\s+\| needs tensorrt \+ CUDA", out, re.M)
+    # the loader alone, beside each training row's speed, with the verdict of which bounds the epoch
+    loader = re.search(r"^\| loader\s+\| PASS\s+\| ([\d.]+) img/s with 0 workers; (.*)$", out, re.M)
+    assert loader and float(loader[1]) > 0, out[-3000:]
+    assert all(f"{cfg} " in loader[2] for cfg in ("yolov5s_RepVGG", "yolov5s_OREPA", "yolov5s")), loader[2]
+    assert loader[2].count("bounds") == 3
     weights = tmp_path / "out" / "shapes" / "weights"
     assert (weights / "best.onnx").is_file() and (weights / "best-fused.pt").is_file()
     assert "rehearsal" in out.splitlines()[0]

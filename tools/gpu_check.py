@@ -9,6 +9,8 @@ Steps (each a row of the table; a failed step does not stop the next unless it n
   cuda-tests      pytest -m cuda
   train <cfg>     AMP training (--imgsz 640 --batch-size 32, 3 epochs) of yolov5s_RepVGG, yolov5s_OREPA and
                   yolov5s for scale: img/s per epoch and peak CUDA memory
+  loader          the training dataloader alone (tools/loader_speed.py, same data, sizes and workers): its img/s
+                  beside the training rows' last-epoch img/s, and which of the two bounds the epoch
   train shapes    the embedded default recipe (data/shapes.yaml, yolov5s_RepVGG, AMP): a model that detects,
                   so that the precision rows below compare real mAPs (3 epochs of coco128 from scratch score ~0)
   val fp32/half   val.py on that model, fp32 then --half: mAP50-95 within 0.005 (and above 0.1)
@@ -51,6 +53,8 @@ MIN_MAP = 0.1  # the shapes model reaches ~0.48 mAP50-95; below this something i
 SHAPES_DATA = str(ROOT / "data" / "shapes.yaml")
 SPEED_CFGS = ("yolov5s_RepVGG.yaml", "yolov5s_OREPA.yaml", "yolov5s.yaml")
 SPEED = re.compile(r"Epoch (\d+) speed: ([\d.]+) img/s, peak CUDA memory ([\d.]+) GiB")
+LOADER = re.compile(r"loader: ([\d.]+) img/s")
+DATA_BOUND = 0.85  # training at this share or more of what the loader alone delivers: the loader sets the pace
 AUTOBATCH = re.compile(r"AutoBatch: batch size (\d+) \((.*?); ([\d.]+) GiB/image .* predicted ([\d.]+) of ([\d.]+) GiB")
 ALL_ROW = re.compile(r"^\s*all\s+\d+\s+\d+\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)\s*$", re.M)
 
@@ -84,6 +88,7 @@ def has_module(name: str) -> bool:
 class Table:
     def __init__(self):
         self.rows: list[tuple[str, str, str]] = []
+        self.train_speed: dict[str, float] = {}  # train row -> its last epoch's img/s
 
     def add(self, step: str, ok: bool | None, figures: str) -> None:
         status = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
@@ -142,6 +147,8 @@ def train(table: Table, plan: Plan, cfg: str, data: str, epochs: int, out: Path,
     amp = "n/a on CPU" if plan.rehearse else ("OFF" if "AMP check failed" in log else "on")
     figures = ", ".join(f"e{e}: {float(ips):.0f} img/s {float(mem):.1f} GiB" for e, ips, mem in speeds)
     best = out / name / "weights" / "best.pt"
+    if speeds:
+        table.train_speed[f"train {name}"] = float(speeds[-1][1])
     ok = rc == 0 and best.is_file() and len(speeds) == epochs and amp != "OFF"
     table.add(f"train {name}", ok, f"{figures}; mAP50-95 {map5095(log)}; amp={amp}; {s:.0f}s"
               + ("" if ok else f"; {tail(log)}"))
@@ -256,6 +263,25 @@ def rehearsal_data(out: Path) -> str:
     return str(f)
 
 
+def loader_row(table: Table, plan: Plan) -> None:
+    """The dataloader alone at the speed rows' settings, against what those trainings achieved."""
+    rc, log, s = sh([sys.executable, "tools/loader_speed.py", "--data", plan.data, *plan.speed_size,
+                     "--workers", plan.workers, "--batches", "2" if plan.rehearse else "30"])
+    found = LOADER.findall(log)
+    if rc != 0 or not found:
+        table.add("loader", False, f"{s:.0f}s; {tail(log)}")
+        return
+    loader = float(found[-1])
+    verdicts = []
+    for row, ips in table.train_speed.items():
+        share = ips / loader
+        verdicts.append(f"{row.removeprefix('train ')} {ips:.0f} img/s = {share:.0%} of it: "
+                        + ("the data pipeline bounds the epoch" if share >= DATA_BOUND else "the model step bounds it"))
+    table.add("loader", True, f"{loader:.0f} img/s with {plan.workers} workers; " + ("; ".join(verdicts) or
+                                                                                     "no training figures to compare")
+              + f"; {s:.0f}s")
+
+
 def make_plan(opt: argparse.Namespace, torch) -> Plan:
     if opt.rehearse:
         data = rehearsal_data(Path(opt.out))
@@ -287,8 +313,8 @@ def run_rows(table: Table, plan: Plan, out: Path, skip_tests: bool) -> None:
     the longest first, which halves its time on two cores."""
     groups = {  # name: (the rehearsal's CPU seconds, measured on 2 cores; the rows)
         "cuda-tests": (12, cuda_tests),
-        "speed": (58, lambda t: [train(t, plan, cfg, plan.data, plan.epochs, out, size=plan.speed_size)
-                                 for cfg in SPEED_CFGS]),
+        "speed": (62, lambda t: [*(train(t, plan, cfg, plan.data, plan.epochs, out, size=plan.speed_size)
+                                   for cfg in SPEED_CFGS), loader_row(t, plan)]),
         "shapes": (70, lambda t: shapes_rows(t, plan, out)),
         "ddp": (27, lambda t: [ddp_row(t, plan, out), autobatch_row(t, plan, out)]),
     }

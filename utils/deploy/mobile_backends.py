@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.deploy.backends import Backend, BackendUnavailable, parse_metadata
+from utils.deploy.backend_base import Backend, BackendUnavailable, parse_metadata
 from utils.deploy.foreign_exports import check_names, classes_from_output
 
 METADATA_NAME = "yolo_reparam_metadata"  # LiteRT metadata entry / ExecuTorch constant method holding the JSON
