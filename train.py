@@ -43,7 +43,9 @@ def parse_opt(argv=None) -> TrainConfig:
     p.add_argument("--noval", action="store_true", help="only validate the final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
-    p.add_argument("--cache", nargs="?", const="ram", choices=CACHES, help="cache images in ram (default) or disk")
+    p.add_argument("--cache", nargs="?", const="ram", choices=CACHES, help="decoded training images: ram (a bare "
+                   "--cache), disk (.npy beside them), off, or auto, the default: RAM when they take at most a quarter "
+                   "of the free memory")
     p.add_argument("--device", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")

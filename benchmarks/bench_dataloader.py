@@ -24,10 +24,12 @@ YOLOv5's ``utils/general.py`` both set it) and ``OMP_NUM_THREADS=1``.
 Configs (``--configs``):
 
   * ``coco640``: coco128 (``../shared/datasets/coco128``) at 640, hyp.scratch-low (mosaic 1.0, scale 0.5,
-    translate 0.1, HSV 0.015/0.7/0.4, fliplr 0.5), no image cache;
-  * ``coco640-ram``: the same with ``cache='ram'`` (decoded images resized to 640 kept in memory);
+    translate 0.1, HSV 0.015/0.7/0.4, fliplr 0.5), each loader with its training default: ours ``cache='auto'``
+    (train.py's: decoded images kept in RAM when they fit), YOLOv5 none (its ``--cache`` is off unless given);
+  * ``coco640-nocache``: the same with no image cache for either (ours ``cache='off'``);
+  * ``coco640-ram``: the same with ``cache='ram'`` for both (decoded images resized to 640 kept in memory);
   * ``shapes``: our default recipe, ``data/shapes.yaml`` (generated when missing) at its 160 with its
-    ``hyp.shapes.yaml`` (same augmentation values as scratch-low).
+    ``hyp.shapes.yaml`` (same augmentation values as scratch-low), each loader with its default cache.
 
 Runs alternate: round r runs (ours, YOLOv5) when r is even and (YOLOv5, ours) when odd; the table gives the
 median of ``--runs`` rounds. Noise: the script records how much CPU other processes and the hypervisor (steal)
@@ -62,11 +64,20 @@ from machine import cpu_name, cpu_times, emit, noise_pct  # benchmarks/ is sys.p
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 NOISE_PCT = 10.0
-CONFIGS = {  # name: (data YAML, imgsz, hyp file, cache)
-    "coco640": ("../shared/datasets/coco128/coco128.yaml", 640, "data/hyps/hyp.scratch-low.yaml", None),
+CONFIGS = {  # name: (data YAML, imgsz, hyp file, cache: each loader's "default", "off" or "ram" for both)
+    "coco640": ("../shared/datasets/coco128/coco128.yaml", 640, "data/hyps/hyp.scratch-low.yaml", "default"),
+    "coco640-nocache": ("../shared/datasets/coco128/coco128.yaml", 640, "data/hyps/hyp.scratch-low.yaml", "off"),
     "coco640-ram": ("../shared/datasets/coco128/coco128.yaml", 640, "data/hyps/hyp.scratch-low.yaml", "ram"),
-    "shapes": ("data/shapes.yaml", 160, "data/hyps/hyp.shapes.yaml", None),
+    "shapes": ("data/shapes.yaml", 160, "data/hyps/hyp.shapes.yaml", "default"),
 }
+# what each loader gets for a config's cache: train.py's default is 'auto' (RAM when it fits), YOLOv5's none
+CACHE_ARG = {"ours": {"default": "auto", "off": "off", "ram": "ram"},
+             "yolov5": {"default": None, "off": None, "ram": "ram"}}
+
+
+def cache_label(cache: str) -> str:
+    ours, yolov5 = CACHE_ARG["ours"][cache], CACHE_ARG["yolov5"][cache]
+    return ours if ours == yolov5 else f"ours {ours}, YOLOv5 {yolov5 or 'none'}"
 IMPLS = ("ours", "yolov5")
 
 
@@ -81,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=3.0, help="and keep timing batches until this much time passed")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches before timing")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--configs", default="coco640,coco640-ram,shapes", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default="coco640,coco640-nocache,coco640-ram,shapes", help=f"comma-separated, of {', '.join(CONFIGS)}")
     p.add_argument("--yolov5-python", default="/tmp/y5venv/bin/python", help="python of the venv with yolov5==7.0.14")
     p.add_argument("--no-yolov5", action="store_true", help="ours only (no ratio)")
     p.add_argument("--profile-batches", type=int, default=16, help="batches for the stage profile (0: no profile)")
@@ -375,6 +386,7 @@ def resolve_train(data_yaml: str) -> str:
 
 def run_child(args, impl: str, cfg: str, batches: int, tmp: Path) -> dict:
     data, imgsz, hyp, cache = CONFIGS[cfg]
+    cache = CACHE_ARG["yolov5" if impl == "yolov5" else "ours"][cache]
     cmd = [sys.executable if impl != "yolov5" else args.yolov5_python, str(Path(__file__).resolve()),
            "--child", impl, "--train-path", args.train_paths[cfg], "--imgsz", str(imgsz), "--hyp", str(ROOT / hyp),
            "--batch-size", str(args.batch_size), "--batches", str(batches), "--warmup", str(args.warmup),
@@ -471,7 +483,7 @@ def main(argv=None) -> int:
                 vals = [a[-1]["img_s"] for a in results[(cfg, impl)]]
                 med[impl], runs[impl] = statistics.median(vals), ", ".join(f"{v:.1f}" for v in vals)
             ratio = f"**{med['ours'] / med['yolov5']:.2f}x**" if "yolov5" in med else "-"
-            lines.append(f"| {Path(data).name} {imgsz}, {Path(hyp).name} | {cache or 'none'} | {med['ours']:.1f} | "
+            lines.append(f"| {Path(data).name} {imgsz}, {Path(hyp).name} | {cache_label(cache)} | {med['ours']:.1f} | "
                          f"{runs['ours']} | {med.get('yolov5', float('nan')):.1f} | {runs.get('yolov5', '-')} | {ratio} |")
         lines += ["", "Per run, in the order run (CPU s: the process's own CPU time over the timed batches; other / "
                   "steal: other processes' and the hypervisor's share of all cores' time during the run):", "",
@@ -489,7 +501,7 @@ def main(argv=None) -> int:
         n, wall = profile["images"], profile["wall_s"]
         stages = dict(profile["stages"])
         lines += ["", f"Profile, ours: {args.profile_config} ({Path(data).name} {imgsz}, {Path(hyp).name}, cache "
-                  f"{cache or 'none'}), {profile['batches']} batches = {n} samples in {wall:.2f} s with timers "
+                  f"{CACHE_ARG['ours'][cache]}), {profile['batches']} batches = {n} samples in {wall:.2f} s with timers "
                   f"({n / wall:.1f} img/s; other / steal {fmt_noise(profile)}). Exclusive time per stage:", "",
                   "| stage | ms per sample | share | calls |", "| --- | --- | --- | --- |"]
         for key in sorted(stages, key=stages.get, reverse=True):

@@ -7,8 +7,8 @@ Run from the repository root::
         [--threads N] [--out FILE]
 
 Trains, each as its own subprocess with identical settings (same images, imgsz, batch size, epochs, loader
-workers, SGD + hyp.scratch-low, from scratch, ``--noval --noplots --device cpu``, AutoAnchor on, no image
-cache), alternating the runs (round r runs the list forward when r is even, backward when odd) so host
+workers, SGD + hyp.scratch-low, from scratch, ``--noval --noplots --device cpu``, AutoAnchor on; each with its
+default image cache: none for YOLOv5, ``auto`` for ours (``--our-cache`` overrides)), alternating the runs (round r runs the list forward when r is even, backward when odd) so host
 noise hits all alike:
 
   (a) YOLOv5 7.0.14 (the ``--yolov5-python`` venv's ``yolov5/train.py``, through a launcher: see the end) with its
@@ -80,7 +80,7 @@ from pathlib import Path
 
 import yaml
 
-from machine import cpu_name, cpu_times, noise_pct  # benchmarks/machine.py: the script's folder is sys.path[0]
+from machine import cpu_flags, cpu_name, cpu_times, noise_pct  # benchmarks/machine.py: the script's folder is sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
@@ -127,6 +127,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="dataloader workers (both trainers)")
     p.add_argument("--rounds", type=int, default=2, help="repeat the runs this many times (order alternates)")
     p.add_argument("--yolov5-python", default="/tmp/y5venv/bin/python", help="python of the venv with yolov5==7.0.14")
+    p.add_argument("--isa", choices=("native", "avx2"), default="native", help="avx2: both trainers' torch kernels "
+                   "limited to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), an AVX-512 machine's stand-in "
+                   "for a CPU without AVX-512")
+    p.add_argument("--our-cache", choices=("auto", "off", "ram"), default=None, help="ours' --cache (default: "
+                   "train.py's own, auto); YOLOv5 runs with its default, no cache")
     p.add_argument("--threads", type=int, default=None, help="OMP/MKL_NUM_THREADS for both (default: torch.get_num_threads())")
     p.add_argument("--load-threshold", type=float, default=0.7, help="wait before each run until the 1-min load average is below this")
     p.add_argument("--max-wait", type=float, default=600, help="wait at most this many seconds for a quiet machine")
@@ -379,6 +384,8 @@ def main(argv=None) -> int:
     base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
     base_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                     YOLO_OFFLINE="1", YOLOv5_AUTOINSTALL="false")
+    if args.isa == "avx2":
+        base_env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     common = ["--data", str(run_data), "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", "cpu",
               "--optimizer", "SGD", "--noval", "--noplots", "--name", "exp"]
@@ -389,8 +396,9 @@ def main(argv=None) -> int:
                 {**base_env, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", **({"PYTHONPATH": str(stub_dir)} if missing else {})})
 
     def ours_cmd(cfg: str):
+        cache = ["--cache", args.our_cache] if args.our_cache else []
         return lambda project: ([sys.executable, "train.py", "--cfg", cfg, "--hyp", str(hyp_ours),
-                                 "--project", str(project)] + common, ROOT, dict(base_env))
+                                 "--project", str(project)] + common + cache, ROOT, dict(base_env))
 
     configs = [("yolov5s", f"YOLOv5 {y5_version}", y5_cmd), ("yolov5s", "ours", ours_cmd("yolov5s.yaml")),
                ("yolov5s_RepVGG", "ours", ours_cmd("yolov5s_RepVGG.yaml")),
@@ -437,13 +445,17 @@ def main(argv=None) -> int:
     ref = summary[0]["wall"]
 
     lines = []
-    lines.append(f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
-                 f"both trainers run with OMP_NUM_THREADS=MKL_NUM_THREADS={threads}")
+    isa = ("; kernels limited to AVX2 in both (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)"
+           if args.isa == "avx2" else "")
+    lines.append(f"Machine: {cpu_name()}, {os.cpu_count()} cores, CPU flags: {', '.join(cpu_flags()) or 'none found'}, "
+                 f"torch {torch.__version__}, Python {platform.python_version()}; "
+                 f"both trainers run with OMP_NUM_THREADS=MKL_NUM_THREADS={threads}{isa}")
     lines.append("")
     lines.append(f"Settings (identical for all runs): {n_images} images ({data_file.name}), imgsz {args.imgsz}, batch {args.batch_size} "
                  f"({n_batches} batches/epoch), {args.epochs} epoch(s), {args.workers} loader workers, from scratch, SGD, "
                  f"hyp.scratch-low ({'same values in both' if same_hyp else 'VALUES DIFFER between the two'}), "
-                 f"--noval --noplots --device cpu, AutoAnchor on, no cache, {args.rounds} round(s) of alternating runs. "
+                 f"--noval --noplots --device cpu, AutoAnchor on, image cache: YOLOv5 none (its default), ours "
+                 f"{args.our_cache or 'auto (its default)'}, {args.rounds} round(s) of alternating runs. "
                  f"yolov5s.yaml: {'same as' if same_cfg else 'DIFFERENT from'} YOLOv5's.")
     lines.append("")
     lines.append("| config | implementation | whole-process wall s (median) | min-max s | runs | YOLOv5 time / this time | "

@@ -413,6 +413,42 @@ def test_image_cache_matches_uncached(clean_ds, cache):
         assert cached.npy_files[0] == Path(f"{plain.im_files[0]}.npy")
 
 
+def test_auto_cache_keeps_decoded_images_in_ram_when_they_fit(clean_ds, logs):
+    """train.py's default: the 8 images fit easily, so they are decoded once, up front, and the samples are the ones
+    an uncached dataset gives."""
+    plain = LoadImagesAndLabels(clean_ds, img_size=160, nc=80, cache="off")
+    auto = LoadImagesAndLabels(clean_ds, img_size=160, nc=80, cache="auto")
+    assert all(im is None for im in plain.ims) and all(im is not None for im in auto.ims)
+    assert any("cache auto" in r.getMessage() and "caching them in RAM" in r.getMessage() for r in logs)
+    for i in range(len(plain)):
+        assert torch.equal(plain[i][0], auto[i][0])
+
+
+def test_auto_cache_decodes_as_used_beyond_its_share_of_free_memory(clean_ds, logs, monkeypatch):
+    """Over the budget (a quarter of the free memory, split between DDP processes) nothing is cached, and one line
+    says so; a 4-process run gets a quarter of one process's budget."""
+    from utils.datasets import dataloaders
+
+    need = sum(im.nbytes for im in LoadImagesAndLabels(clean_ds, img_size=160, nc=80, cache="ram").ims)
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    monkeypatch.setattr(dataloaders, "AUTO_CACHE_SHARE", 2 * need / avail)  # fits one process, not four
+    assert all(im is not None for im in LoadImagesAndLabels(clean_ds, img_size=160, nc=80, cache="auto").ims)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert all(im is None for im in LoadImagesAndLabels(clean_ds, img_size=160, nc=80, cache="auto").ims)
+    assert any("decoding them as they are used" in r.getMessage() for r in logs)
+
+
+def test_training_caches_by_default_and_not_with_cache_off(tiny_data, tmp_path, logs):
+    import train
+
+    for cache, cached in ((None, True), ("off", False)):
+        logs.clear()
+        train.run(data=str(tiny_data), cfg="yolov5n.yaml", imgsz=64, batch_size=8, workers=0, epochs=1, noval=True,
+                  noplots=True, cache=cache, project=str(tmp_path), name=f"c{cache}")
+        said = [r.getMessage() for r in logs if "cache auto" in r.getMessage() and "train: " in r.getMessage()]
+        assert (len(said) == 1 and "caching them in RAM" in said[0]) if cached else not said, said
+
+
 def test_disk_cache_fallback(clean_ds, tmp_path):
     jpg = sorted(clean_ds.glob("*.jpg"))[0]
     blocked = jpg.with_name(f"{jpg.name}.npy")

@@ -32,6 +32,18 @@ from utils.ops import xywhn2xyxy, xyxy2xywhn
 from utils.textfiles import read_list
 
 PASTE_SAMPLES, PASTE_SOURCES = 30, 16  # paste_in's objects: at least this many, from at most this many images
+# cache='auto' (train.py's default): decoded images in RAM when they take at most this share of the free memory
+# per training process. A mosaic decodes 4 images per sample, so without a cache each image is decoded ~4 times an
+# epoch, and decoding is ~60% of a worker's time (benchmarks/README.md, "Data pipeline alone")
+AUTO_CACHE_SHARE = 0.25
+
+
+def world_size() -> int:
+    """Training processes: the initialised process group's size, else WORLD_SIZE (torchrun), else 1."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def list_image_files(path, prefix: str = "") -> list[str]:
@@ -71,8 +83,8 @@ class LoadImagesAndLabels(Dataset):
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, cache=None,
                  single_cls=False, stride=32, pad=0.0, prefix="", nc=None, seed=0):
-        if cache not in (None, False, "ram", "disk"):
-            raise ValueError(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+        if cache not in (None, False, "ram", "disk", "auto", "off"):
+            raise ValueError(f"cache must be None, 'ram', 'disk', 'auto' or 'off', got {cache!r}")
         self.fixed_shape = tuple(int(x) for x in img_size) if isinstance(img_size, (tuple, list)) else None
         if self.fixed_shape and (augment or rect):
             raise ValueError(f"a fixed (h, w) image size {self.fixed_shape} is for validation: no augment or rect")
@@ -111,7 +123,9 @@ class LoadImagesAndLabels(Dataset):
         self.im_hw0: list = [None] * n
         self.im_hw: list = [None] * n
         self.npy_files: list[Path | None] = [None] * n
-        if cache:
+        if cache == "auto":
+            cache = "ram" if self._ram_fits(share=AUTO_CACHE_SHARE / world_size(), auto=True) else None
+        if cache and cache != "off":
             self._cache_images(cache)
 
     def __len__(self):
@@ -187,16 +201,25 @@ class LoadImagesAndLabels(Dataset):
         self.ims[i], self.im_hw0[i], self.im_hw[i] = self.load_image(i)
         return self.ims[i].nbytes
 
-    def _ram_fits(self) -> bool:
+    def _ram_fits(self, share: float = 1 / 1.1, auto: bool = False) -> bool:
+        """Whether the decoded images (at their training size) take at most ``share`` of the free memory; says
+        so when not (``auto``: also when they do, since the cache was not asked for)."""
         r = self.img_size / self.shapes.max(1)
-        need = float((np.ceil(self.shapes[:, 0] * r) * np.ceil(self.shapes[:, 1] * r) * 3).sum()) * 1.1
+        need = float((np.ceil(self.shapes[:, 0] * r) * np.ceil(self.shapes[:, 1] * r) * 3).sum())
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            return True  # unknown platform: trust the user's choice
-        if need > avail:
-            LOGGER.warning(f"{self.prefix}cache='ram' needs {need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free: not caching")
-        return need <= avail
+            return not auto  # unknown platform: trust a user's choice, do not guess for them
+        fits = need <= share * avail
+        if auto:
+            LOGGER.info(f"{self.prefix}cache auto: the decoded images take {need / 1e9:.2f} GB, " + (
+                f"at most {share:.0%} of the {avail / 1e9:.1f} GB free: caching them in RAM (--cache off to stop)"
+                if fits else f"more than {share:.0%} of the {avail / 1e9:.1f} GB free: decoding them as they are "
+                "used (--cache disk stores them decoded on disk)"))
+        elif not fits:
+            LOGGER.warning(f"{self.prefix}cache='ram' needs {need * 1.1 / 1e9:.1f} GB, {avail / 1e9:.1f} GB free: "
+                           "not caching")
+        return fits
 
     def _cache_images(self, cache: str) -> None:
         if cache == "ram" and not self._ram_fits():
@@ -520,17 +543,15 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     if quad and batch_size < 4:
         raise ValueError(f"{prefix}--quad merges groups of 4 images: needs a batch of at least 4 (per process), "
                          f"got {batch_size} (dataset of {len(dataset)} images)")
-    dist = torch.distributed
-    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(
-        os.environ.get("WORLD_SIZE", 1))
-    nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size, workers)
+    n_procs = world_size()
+    nw = min((os.cpu_count() or 1) // max(n_procs, 1), batch_size, workers)
     # --quad: a last batch of under 4 images makes no merged image; it is left out
     batching = dict(batch_size=batch_size, drop_last=quad and 0 < len(dataset) % batch_size < 4)
     if rank != -1 and rect:  # each rank's batch must be one rect shape group
-        batching = dict(batch_sampler=EpochTaggedSampler(DistributedRectBatchSampler(dataset.batch, world_size, rank)))
+        batching = dict(batch_sampler=EpochTaggedSampler(DistributedRectBatchSampler(dataset.batch, n_procs, rank)))
     elif rank != -1:
         batching["sampler"] = EpochTaggedSampler(
-            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed))
+            DistributedSampler(dataset, num_replicas=n_procs, rank=rank, shuffle=shuffle, seed=seed))
     elif image_weights:
         batching["sampler"] = EpochTaggedSampler(ImageWeightSampler(len(dataset), seed))
     else:

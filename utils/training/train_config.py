@@ -22,7 +22,7 @@ DEFAULT_DATA = str(ROOT / "data/shapes.yaml")
 DEFAULT_HYP = ROOT / "data/hyps/hyp.scratch-low.yaml"
 DEFAULT_PROJECT = str(ROOT / "runs/train")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
-CACHES = ("ram", "disk")
+CACHES = ("ram", "disk", "auto", "off")
 RESOLVED = ("save_dir",)  # set by prepare(), not an option a user gives
 
 

@@ -205,8 +205,8 @@ class Trainer:
         config, data = self.config, self.data
         train_loader, dataset = create_dataloader(
             data["train"], self.imgsz, self.batch_size, self.gs, config.single_cls, hyp=self.hyp, augment=True,
-            cache=config.cache, rect=config.rect, rank=self.rank, workers=config.workers, prefix="train: ", shuffle=True,
-            seed=config.seed, nc=self.data_nc, image_weights=config.image_weights, quad=config.quad)
+            cache=config.cache or "auto", rect=config.rect, rank=self.rank, workers=config.workers, prefix="train: ",
+            shuffle=True, seed=config.seed, nc=self.data_nc, image_weights=config.image_weights, quad=config.quad)
         labels = np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
         if not len(labels):  # nothing to learn from: fail now, not after an epoch of zero box loss
             raise ValueError(f"no labels in {data['train']}: all {len(dataset)} images lack label files or boxes "
@@ -216,7 +216,8 @@ class Trainer:
         val_loader = None
         if self.main:
             val_loader = create_dataloader(
-                data["val"], self.imgsz, self.batch_size * 2, self.gs, config.single_cls, hyp=self.hyp, cache=config.cache,
+                data["val"], self.imgsz, self.batch_size * 2, self.gs, config.single_cls, hyp=self.hyp,
+                cache=config.cache if config.cache in ("ram", "disk") else None,  # auto: the training images only
                 rect=True, rank=-1, workers=config.workers, pad=0.5, prefix="val: ", seed=config.seed, nc=self.data_nc)[0]
             if self.ckpt is None:
                 if not config.noplots:
