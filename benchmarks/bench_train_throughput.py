@@ -46,7 +46,9 @@ dependencies. Its train.py imports ``roboflow`` (for roboflow.com dataset URLs) 
 script puts offline stand-ins on the YOLOv5 subprocess's ``PYTHONPATH`` (``list_repo_files`` raises
 ``RepositoryNotFoundError``, which YOLOv5 catches and treats as "not on the hub"). Both runs get
 ``YOLO_OFFLINE=1`` and ``YOLOv5_AUTOINSTALL=false``, and YOLOv5 ``--weights ''``, so nothing tries the
-network. YOLOv5 resolves a relative ``path:`` in the data YAML against its own package folder, so both
+network. YOLOv5 switches its Weights & Biases, ClearML and Comet loggers on whenever those packages import (they
+are in requirements.txt); a ``sitecustomize`` on its ``PYTHONPATH`` makes them unimportable for its process, so
+it trains without them, as ours does unless asked. YOLOv5 resolves a relative ``path:`` in the data YAML against its own package folder, so both
 implementations are given a copy of the data YAML with ``path`` made absolute. YOLOv5 7.0 reloads its own
 pickled checkpoints with ``torch.load`` (``strip_optimizer``, then the final validation of best.pt), which
 torch >= 2.6 refuses by default (``weights_only``); its subprocess gets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``,
@@ -112,6 +114,9 @@ YOLOV5_STUBS = {
         "huggingface_hub/utils/_validators.py": "class HFValidationError(Exception):\n    pass\n",
     },
 }
+# the module YOLOv5's train.py imports from each: huggingface_hub 1.x and later (which other packages here, such as
+# transformers, bring) no longer have utils._errors, so an installed but newer hub needs the stand-in too
+STUB_PROBES = {"roboflow": "roboflow", "huggingface_hub": "huggingface_hub.utils._errors"}
 
 
 def log(msg: str) -> None:
@@ -312,10 +317,16 @@ def count_images(data: dict) -> int:
 
 
 def yolov5_info(python: str) -> tuple[Path, str, list[str]]:
-    """(yolov5 package folder, version, top-level modules its train.py needs that are not installed)."""
+    """(yolov5 package folder, version, top-level modules its train.py needs that are not installed, or not in the
+    form it imports)."""
     code = ("import importlib.util as u, importlib.metadata as m, os\n"
+            "def found(name):\n"
+            "    try:\n"
+            "        return u.find_spec(name) is not None\n"
+            "    except ImportError:\n"
+            "        return False\n"
             "s = u.find_spec('yolov5'); print(s.submodule_search_locations[0]); print(m.version('yolov5'))\n"
-            f"print(','.join(x for x in {sorted(YOLOV5_STUBS)!r} if u.find_spec(x) is None))\n")
+            f"print(','.join(x for x, probe in {sorted(STUB_PROBES.items())!r} if not found(probe)))\n")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
     pkg, version, missing = (out.stdout.splitlines() + ["", "", ""])[:3]
     return Path(pkg), version, [x for x in missing.split(",") if x]
@@ -337,7 +348,29 @@ exec(compile(src, path, "exec"), {{"__name__": "__main__", "__file__": path, "__
 """
 
 
+# YOLOv5 turns its Weights & Biases, ClearML and Comet loggers on whenever those packages import (Comet then
+# archives an offline run at exit, ClearML looks for a server); ours only when asked. They are made unimportable
+# in YOLOv5's process, which its loggers take as "not installed", so both trainers time training alone.
+TRACKERS = ("wandb", "clearml", "comet_ml")
+HIDE_TRACKERS = f"""\
+import sys
+from importlib.abc import MetaPathFinder
+
+
+class _NoTrackers(MetaPathFinder):  # benchmark: YOLOv5's experiment loggers off, as ours are unless asked for
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {TRACKERS!r}:
+            raise ImportError(f"{{name}} hidden by bench_train_throughput.py")
+        return None
+
+
+sys.meta_path.insert(0, _NoTrackers())
+"""
+
+
 def write_stubs(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HIDE_TRACKERS)
     for name in names:
         for rel, text in YOLOV5_STUBS[name].items():
             f = folder / rel
@@ -393,7 +426,7 @@ def main(argv=None) -> int:
     def y5_cmd(project: Path):
         return ([args.yolov5_python, str(launcher), str(y5_pkg / "train.py"), "--weights", "", "--cfg", str(y5_pkg / "models/yolov5s.yaml"),
                  "--hyp", str(hyp_y5), "--project", str(project)] + common, y5_cwd,
-                {**base_env, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", **({"PYTHONPATH": str(stub_dir)} if missing else {})})
+                {**base_env, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": str(stub_dir)})
 
     def ours_cmd(cfg: str):
         cache = ["--cache", args.our_cache] if args.our_cache else []

@@ -55,7 +55,7 @@ def test_every_mobile_file_is_written_and_verified(mobile_exports):
     assert sizes["tflite int8"] < 0.4 * sizes["tflite"] and sizes["executorch int8"] < 0.4 * sizes["executorch"]
 
 
-def test_files_carry_names_stride_and_size_and_run_like_the_model(mobile_exports):
+def test_files_carry_names_stride_and_size_and_run_like_the_model(mobile_exports, yolo_logs):
     """Each backend reads the metadata back and gives the folded model's output on a real image."""
     results, weights, _ = mobile_exports
     model = load_model(weights, fuse=True)
@@ -72,6 +72,10 @@ def test_files_carry_names_stride_and_size_and_run_like_the_model(mobile_exports
         assert out.shape == ref.shape and (out - ref).abs()[..., 4:].max() < 1e-4, fmt
         with pytest.raises(ValueError, match="exported for 160x160"):
             backend(torch.zeros(1, 3, 192, 192))
+    for fmt, runtime in (("tflite", "LiteRT"), ("executorch", "ExecuTorch")):  # a GPU asked for: said, not ignored
+        yolo_logs.clear()
+        assert load_backend(results[fmt].file, device="cuda:0").device.type == "cpu"
+        assert any(f"{runtime} files run on the CPU here" in r.getMessage() for r in yolo_logs.records)
     meta = read_tflite_metadata(results["tflite int8"].file.read_bytes())
     assert meta["int8"] is True and "64 images" in meta["calibration"] and meta["half"] is False
     assert read_tflite_metadata(results["tflite fp16"].file.read_bytes())["half"] is True

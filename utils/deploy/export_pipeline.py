@@ -71,6 +71,8 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False, float16: bool =
     to its normal name, so a failure never replaces a good file that val/detect would pick up."""
     name = f"{fmt} int8" if int8 else f"{fmt} fp16" if float16 else fmt
     exporter = INT8_EXPORTERS[fmt] if int8 else FLOAT16_EXPORTERS[fmt] if float16 else EXPORTERS[fmt]
+    # a format with its own float16 file keeps the float32 one float32 whatever --half says
+    precision = "fp16" if float16 else "fp32" if fmt in FLOAT16_EXPORTERS else None
     result = ExportResult(name)
     LOGGER.info(f"\n{name}: " + (f"quantizing with {len(ctx.int8_data.calibration)} calibration images..."
                                   if int8 else "exporting..."))
@@ -87,7 +89,7 @@ def export_one(fmt: str, ctx: ExportContext, int8: bool = False, float16: bool =
             result.agreement = verify_int8(ctx.model, load_backend(staged, device=ctx.im.device),
                                            ctx.int8_data.verification, int(ctx.im.shape[0]), name)
         else:
-            result.max_abs_diff, result.error_ratio = verify_export(fmt, staged, ctx, "fp16" if float16 else None)
+            result.max_abs_diff, result.error_ratio = verify_export(fmt, staged, ctx, precision)
         replace_path(staged, result.file)
         ctx.exported[name] = result.file  # verified: the fp32 engine may build from this ONNX
     except Exception as e:  # noqa: BLE001 -- one format's failure must not stop the others; logged and reported

@@ -54,6 +54,7 @@ class ExportContext:
     verbose: bool = False
     int8_data: Int8Data | None = None  # with --int8: calibration and verification images
     exported: dict = field(default_factory=dict)  # format -> file written in this run (engine reuses the ONNX)
+    intermediates: dict = field(default_factory=dict)  # what a format's variants share (the float32 .tflite bytes)
     out_dir: Path | None = None  # where exporters write; export_pipeline points it at a staging folder until verified
 
     @property

@@ -19,6 +19,7 @@ import torch
 
 from utils.deploy.backend_base import Backend, BackendUnavailable, parse_metadata
 from utils.deploy.foreign_exports import check_names, classes_from_output
+from utils.general import LOGGER
 
 METADATA_NAME = "yolo_reparam_metadata"  # LiteRT metadata entry / ExecuTorch constant method holding the JSON
 MOBILE_REQUIREMENTS = "requirements-mobile.txt"
@@ -86,6 +87,14 @@ def _require_metadata(meta: dict | None, weights) -> dict:
     return meta
 
 
+def _cpu_only(device, runtime: str) -> None:
+    """These runtimes run on the CPU here: say so once when another device was asked for (outputs still come back
+    on the input's device)."""
+    if torch.device(device or "cpu").type != "cpu":
+        LOGGER.warning(f"WARNING {runtime} files run on the CPU here (this backend uses no GPU delegate), not on "
+                       f"{device}")
+
+
 def _threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -100,6 +109,7 @@ class LiteRTBackend(Backend):
 
     def __init__(self, weights, device="cpu", fp16: bool = False):
         interpreter = import_mobile("ai_edge_litert.interpreter", "tflite")
+        _cpu_only(device, "LiteRT")
         super().__init__(weights, "cpu", False)
         model = Path(weights).read_bytes()
         meta = _require_metadata(read_tflite_metadata(model), weights)
@@ -125,6 +135,7 @@ class ExecuTorchBackend(Backend):
 
     def __init__(self, weights, device="cpu", fp16: bool = False):
         runtime = import_mobile("executorch.runtime", "executorch")
+        _cpu_only(device, "ExecuTorch")
         super().__init__(weights, "cpu", False)
         self.program = runtime.Runtime.get().load_program(Path(weights))
         meta = None

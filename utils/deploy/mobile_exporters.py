@@ -79,7 +79,7 @@ def head_index(model: nn.Module) -> int:
 
 def _tflite_float32(ctx) -> bytes:
     """The folded model converted by litert-torch (float32, no metadata); cached on ``ctx`` for the variants."""
-    cached = ctx.exported.get("_tflite_float32_bytes")
+    cached = ctx.intermediates.get("tflite float32")
     if cached is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the converter's C++ INFO lines
         litert_torch = import_mobile("litert_torch", "tflite")
@@ -87,7 +87,7 @@ def _tflite_float32(ctx) -> bytes:
         litert_torch.config.show_progress = ctx.verbose
         with _quiet(ctx.verbose):
             cached = bytes(litert_torch.convert(ctx.model, (ctx.im,)).model_content())
-        ctx.exported["_tflite_float32_bytes"] = cached
+        ctx.intermediates["tflite float32"] = cached
     return cached
 
 
