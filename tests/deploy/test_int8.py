@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-import export
 import val
 from utils.deploy.backends import load_backend
 from utils.checkpoint import load_model
@@ -27,12 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def int8_exports(shapes_trained, tmp_path_factory):
     """The default recipe's trained model exported to fp32 and INT8 ONNX and OpenVINO at its image size."""
-    run, _, data = shapes_trained
-    weights = tmp_path_factory.mktemp("int8") / "best.pt"
-    shutil.copy(run / "weights" / "best.pt", weights)
-    results = export.run(weights=str(weights), include=("onnx", "openvino"), imgsz=(160, 160), int8=True,
-                         data=str(data), calib_images=64)
-    return {r.format: r for r in results}, weights, data
+    from helpers import export_trained_int8
+
+    return export_trained_int8(shapes_trained, tmp_path_factory.mktemp("int8"), ("onnx", "openvino"))
 
 
 def test_int8_onnx_and_openvino_are_written_and_verified_by_detections(int8_exports):

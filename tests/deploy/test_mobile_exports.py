@@ -31,12 +31,9 @@ FILES = {"tflite": "best_float32.tflite", "tflite fp16": "best_float16.tflite", 
 @pytest.fixture(scope="module")
 def mobile_exports(shapes_trained, tmp_path_factory):
     """The default recipe's trained model exported to every mobile file, INT8 calibrated on 64 training images."""
-    run, _, data = shapes_trained
-    weights = tmp_path_factory.mktemp("mobile") / "best.pt"
-    shutil.copy(run / "weights" / "best.pt", weights)
-    results = export.run(weights=str(weights), include=("tflite", "executorch"), imgsz=(160, 160), int8=True,
-                         data=str(data), calib_images=64)
-    return {r.format: r for r in results}, weights, data
+    from helpers import export_trained_int8
+
+    return export_trained_int8(shapes_trained, tmp_path_factory.mktemp("mobile"), ("tflite", "executorch"))
 
 
 def test_every_mobile_file_is_written_and_verified(mobile_exports):

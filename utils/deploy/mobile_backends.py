@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +94,9 @@ def _cpu_only(device, runtime: str) -> None:
                        f"{device}")
 
 
-def _threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def cpu_threads() -> int:
+    """Threads for the LiteRT interpreter and calibrator: torch's intra-op count, what the other CPU backends use."""
+    return max(1, torch.get_num_threads())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class LiteRTBackend(Backend):
         model = Path(weights).read_bytes()
         meta = _require_metadata(read_tflite_metadata(model), weights)
         self._apply_metadata(parse_metadata(meta, str(weights)))
-        self.interpreter = interpreter.Interpreter(model_content=model, num_threads=_threads())
+        self.interpreter = interpreter.Interpreter(model_content=model, num_threads=cpu_threads())
         self.interpreter.allocate_tensors()
         inp, out = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
         if inp["dtype"] != np.float32 or tuple(inp["shape"][1:2]) != (3,):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from utils.atomic import atomic_file
-from utils.deploy.mobile_backends import METADATA_NAME, add_tflite_metadata, import_mobile
+from utils.deploy.mobile_backends import METADATA_NAME, add_tflite_metadata, cpu_threads, import_mobile
 from utils.deploy.quantize import QuantizationError, batches
 from utils.general import LOGGER
 from utils.signals import deferred_signals
@@ -167,13 +167,9 @@ def export_tflite_int8(ctx) -> Path:
         for op in (ops.INPUT, ops.OUTPUT):
             qt.update_quantization_recipe(regex="^", operation_name=op, algorithm_key=skip)
         with _quiet(ctx.verbose):
-            model = bytes(qt.quantize(qt.calibrate(calibration, num_threads=_threads())).quantized_model)
+            model = bytes(qt.quantize(qt.calibrate(calibration, num_threads=cpu_threads())).quantized_model)
     meta = ctx.metadata(half=False, int8=True)
     return _write_bytes(ctx.file("_int8.tflite"), add_tflite_metadata(model, meta), "TFLite")
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
 
 
 # ---------------------------------------------------------------------------------------------
