@@ -28,7 +28,8 @@ import torch
 from utils.deploy.detections import count_text, draw_detections, postprocess, save_one_box
 from utils.deploy.backends import load_backend
 from utils.datasets.dataset_config import load_names
-from utils.general import LOGGER, ROOT, check_imgsz, check_options, increment_path, setup_logging, unique_name
+from utils.general import (LOGGER, ROOT, check_imgsz, check_options, freeze_long_lived_objects, increment_path,
+                           setup_logging, unique_name)
 from utils.ops import label_lines, scale_boxes
 from utils.plots import class_name
 from utils.datasets.sources import LoadImages, expand_files, is_stream, load_source
@@ -304,7 +305,9 @@ if __name__ == "__main__":
     from utils.checkpoint import CheckpointError
 
     try:
-        main(parse_opt())
+        config = parse_opt()
+        freeze_long_lived_objects()
+        main(config)
     except (BackendUnavailable, CheckpointError, OSError, ValueError) as e:  # OSError: files, streams, URLs
         LOGGER.error(f"ERROR: {e}")
         sys.exit(1)

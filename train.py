@@ -20,7 +20,7 @@ import os
 import sys
 
 from utils.checkpoint import CheckpointError
-from utils.general import LOGGER, TrainingDiverged, setup_logging
+from utils.general import LOGGER, TrainingDiverged, freeze_long_lived_objects, setup_logging
 from utils.loggers import TRACKERS
 from utils.training.train_config import CACHES, DEFAULT_CFG, OPTIMIZERS, TrainConfig, make_config
 from utils.training.launch import train
@@ -92,7 +92,11 @@ if __name__ == "__main__":
 
     handle_termination()  # SIGTERM unwinds like Ctrl-C: checkpoints stay whole, temporaries are removed
     try:
-        main(parse_opt())
+        config = parse_opt()
+        import utils.training.trainer  # noqa: F401  (the heavy imports, before their objects are frozen)
+
+        freeze_long_lived_objects()
+        main(config)
     except KeyboardInterrupt as e:  # the trainer logged what was saved; 130 (Ctrl-C) or 143 (SIGTERM), no traceback
         sys.exit(exit_code(e))
     except (CheckpointError, FileNotFoundError, ValueError, TrainingDiverged) as e:  # the message, no traceback

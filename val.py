@@ -23,7 +23,7 @@ import torch
 from utils.evaluation.coco import COCO80_TO_91, coco_evaluate, find_coco_annotations, ground_truth_json, require_pycocotools
 from utils.deploy.backends import load_backend, weights_label
 from utils.evaluation.evaluator import Collector, output_to_target, validate  # noqa: F401 (output_to_target: re-exported)
-from utils.general import LOGGER, ROOT, check_options, increment_path, setup_logging
+from utils.general import LOGGER, ROOT, check_options, freeze_long_lived_objects, increment_path, setup_logging
 from utils.plots import STUDY_COLUMNS, plot_val_study
 from utils.torch_utils import de_parallel, select_device
 
@@ -222,7 +222,9 @@ if __name__ == "__main__":
     from utils.checkpoint import CheckpointError
 
     try:
-        main(parse_opt())
+        config = parse_opt()
+        freeze_long_lived_objects()
+        main(config)
     except (CheckpointError, FileNotFoundError, ValueError, BackendUnavailable) as e:
         LOGGER.error(f"ERROR: {e}")
         sys.exit(1)

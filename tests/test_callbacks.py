@@ -42,13 +42,13 @@ def test_dict_and_object_forms_are_copied_in_order():
 
 def test_user_callback_sees_every_hook_in_order(tracked_run):
     """train.run(callbacks=...) over 1 epoch: 24 images in 3 batches, 8 validation images in 1 batch, validated
-    once after the epoch and once more as best.pt."""
+    after the epoch; best.pt holds those weights, so its check scores that pass again (on_val_end alone)."""
     run_dir, calls, _, _ = tracked_run
     order = [hook for hook, _ in itertools.groupby(h for h, _, _ in calls)]
     val = ["on_val_start", "on_val_batch_start", "on_val_batch_end", "on_val_end"]
     assert order == ["on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start", "on_train_epoch_start",
                      *["on_train_batch_start", "on_train_batch_end"] * 3, "on_train_epoch_end", *val,
-                     "on_fit_epoch_end", "on_model_save", *val, "on_train_end", "teardown"]
+                     "on_fit_epoch_end", "on_model_save", "on_val_end", "on_train_end", "teardown"]
     assert set(HOOKS) == set(order)  # every hook fired
     args = {hook: (a, k) for hook, a, k in calls}  # the last call of each hook
     labels, names = args["on_pretrain_routine_end"][0]

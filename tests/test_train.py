@@ -255,3 +255,39 @@ def test_amp_training_step_in_bfloat16_on_cpu(tiny_data, tmp_path):
     after = list(trainer.model.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert sum(not torch.equal(a, b) for a, b in zip(before, after)) > len(before) // 2
+
+
+def test_best_pt_check_reuses_the_last_epochs_detections_exactly(tiny_data, tmp_path, yolo_logs):
+    """When best.pt holds the weights the last epoch validated, the end-of-training check scores that pass's
+    detections again instead of running the model a second time: the same 7 numbers, to the bit, as running
+    best.pt as saved over the same validation loader, and the plots a full check draws."""
+    from utils.training.train_config import prepare
+    from utils.training.trainer import Trainer
+
+    args = cli(tiny_data, tmp_path, "--epochs", "2", "--noautoanchor", "--device", "cpu")
+    args.remove("--noplots")  # the check's plots: the batches from the last epoch, matrix and curves from the rescoring
+    config, hyp, data, ckpt = prepare(train.parse_opt(args))
+    trainer = Trainer(config, hyp, data, torch.device("cpu"), ckpt)
+    results = trainer.train()
+    assert "their detections scored again" in yolo_logs.text
+    assert read_checkpoint(trainer.best)["epoch"] == 1  # the last epoch is the best one here
+    fresh = trainer.validate(load_model(trainer.best, torch.device("cpu")), plots=False).metrics
+    assert results == fresh and results[2] > 0, (results, fresh)  # mAP50 > 0: detections were compared
+    run = Path(config.save_dir)
+    for name in ("val_batch0_labels.jpg", "val_batch0_pred.jpg", "confusion_matrix.png", "PR_curve.png"):
+        assert (run / name).is_file(), name
+
+
+def test_best_pt_from_an_earlier_epoch_is_run_again(tiny_data, tmp_path, yolo_logs):
+    """best.pt from an earlier epoch than the last validated one: the check runs the model over the set."""
+    from utils.training.train_config import prepare
+    from utils.training.trainer import Trainer
+
+    config, hyp, data, ckpt = prepare(train.parse_opt(cli(tiny_data, tmp_path, "--epochs", "2", "--noautoanchor")))
+    trainer = Trainer(config, hyp, data, torch.device("cpu"), ckpt)
+    trainer.best_fitness = float("inf")  # no epoch beats it: best.pt is never written in the loop
+    epoch, _ = trainer.fit()
+    save_checkpoint(trainer.best, trainer.ema.ema, epoch=0)  # an earlier epoch's best.pt, as after an early stop
+    results = trainer.finish(epoch)
+    assert "scored again" not in yolo_logs.text and f"Validating {trainer.best}..." in yolo_logs.text
+    assert results == trainer.validate(load_model(trainer.best, torch.device("cpu")), plots=False).metrics

@@ -35,7 +35,8 @@ HOOKS = {
     "on_val_batch_start": "()",
     "on_val_batch_end": "(batch_i, im, targets, paths, shapes, preds)",
     "on_val_end": "(results): the metrics dict of utils.evaluation.metrics.evaluate_detections (YOLOv5 passes its "
-                  "pieces: nt, tp, fp, p, r, f1, ap, ap50, ap_class, confusion_matrix)",
+                  "pieces: nt, tp, fp, p, r, f1, ap, ap50, ap_class, confusion_matrix). Also fired alone by the "
+                  "end-of-training check of best.pt when it rescores the last epoch's pass (same weights)",
     "on_fit_epoch_end": "(log_vals, epoch, best_fitness, fi): log_vals in utils.loggers.RESULT_KEYS order",
     "on_model_save": "(last, epoch, final_epoch, best_fitness, fi)",
     "on_train_end": "(last, best, epoch, results)",

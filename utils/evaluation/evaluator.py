@@ -111,17 +111,20 @@ class Validation:
 
 def validate(model, dataloader, *, names, single_cls=False, half=False, fuse=False, conf_thres=0.001, iou_thres=0.6,
              max_det=300, augment=False, compute_loss=None, plots=False, save_dir=Path(""), verbose=False,
-             save_txt=False, save_conf=False, save_json=False, class_map=None, callbacks=None) -> Validation:
+             save_txt=False, save_conf=False, save_json=False, class_map=None, callbacks=None,
+             batch_plots=None) -> Validation:
     """Validate ``model`` (an in-memory ``Model``, any file ``load_backend`` reads, or a backend) on a YOLO
     dataloader: detections, YOLOv5's table, optional plots and txt/json output. ``half`` runs an fp16 copy,
     ``fuse`` a folded copy (the same function, faster: training validates that way). ``callbacks`` (a
-    ``utils.callbacks.Callbacks``) get the on_val_* hooks."""
+    ``utils.callbacks.Callbacks``) get the on_val_* hooks. ``plots`` draws the first batches' labels and
+    detections and the confusion matrix and curves; ``batch_plots`` (default: ``plots``) the batches alone."""
     backend = load_backend(model, fp16=half, fuse=fuse)
     nc = 1 if single_cls else backend.nc
     collector = Collector(single_cls, save_txt, save_conf, save_json, class_map, Path(save_dir))
     loss, dt, shapes = evaluate(backend, dataloader, collector, conf_thres=conf_thres, iou_thres=iou_thres,
-                                max_det=max_det, augment=augment, compute_loss=compute_loss, plots=plots,
-                                save_dir=save_dir, names=names, callbacks=callbacks)
+                                max_det=max_det, augment=augment, compute_loss=compute_loss,
+                                plots=plots if batch_plots is None else batch_plots, save_dir=save_dir, names=names,
+                                callbacks=callbacks)
     results = score(collector, nc, names, verbose=verbose, plots=plots, save_dir=save_dir)
     if callbacks is not None:
         callbacks.run("on_val_end", results)

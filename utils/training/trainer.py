@@ -27,7 +27,7 @@ from utils.training.autoanchor import check_anchors
 from utils.checkpoint import (checkpoint_yaml, load_model, load_pretrained, model_from_record, save_checkpoint,
                               strip_checkpoint)
 from utils.datasets.dataloaders import create_dataloader
-from utils.evaluation.evaluator import validate
+from utils.evaluation.evaluator import score, validate
 from utils.general import LOGGER, TrainingDiverged, check_imgsz
 from utils.hyperparameters import DEFAULTS
 from utils.loggers import attach_loggers
@@ -103,6 +103,7 @@ class Trainer:
         self.start_epoch, self.best_fitness, self.lr = 0, 0.0, []
         self.saved_epoch = None  # the epoch last.pt holds (for the message when training is interrupted)
         self.maps = np.zeros(self.nc)  # mAP50-95 per class of the last validation (--image-weights)
+        self.final_validation = None  # the last epoch's validation, while best.pt holds the weights it validated
         self.callbacks = as_callbacks(callbacks)  # a copy: the loggers are not added to the caller's object
         self.callbacks.run("on_pretrain_routine_start")
         self.loggers = attach_loggers(self.callbacks, self.save_dir, {**config.to_dict(), **self.hyp}, ckpt,
@@ -372,15 +373,17 @@ class Trainer:
                 stop = False
                 if self.main:
                     final = epoch + 1 == config.epochs
-                    if not config.noval or final:
-                        results, self.maps = self.validate(self.ema.ema, plots=False, with_maps=True)
+                    validation = None
+                    if not config.noval or final:  # the last epoch draws the batches best.pt's check would
+                        validation = self.validate(self.ema.ema, plots=False, batch_plots=final and not config.noplots)
+                        results, self.maps = validation.metrics, validation.maps
                     fi = float(fitness(np.array(results).reshape(1, -1))[0])
                     stop = self.stopper(epoch, fi)
                     self.best_fitness = max(self.best_fitness, fi)
                     self.callbacks.run("on_fit_epoch_end", [*mloss.tolist(), *results, *self.lr], epoch,
                                        self.best_fitness, fi)
                     if not config.nosave or final:
-                        self.save(epoch, fi)
+                        self.save(epoch, fi, validation if final else None)
                 if self.rank != -1:  # every rank must agree on stopping
                     flag = [stop]
                     dist.broadcast_object_list(flag, 0)
@@ -394,13 +397,13 @@ class Trainer:
             raise
         return epoch, results
 
-    def validate(self, model: nn.Module, plots: bool, verbose: bool = False, with_maps: bool = False):
-        """YOLOv5's result tuple for ``model`` on the validation set (and mAP50-95 per class if ``with_maps``);
-        a folded copy (1.4-2x faster, same function), in fp16 when training used AMP on CUDA."""
-        v = validate(model, self.val_loader, names=self.names, single_cls=self.config.single_cls,
-                     half=self.amp and self.device.type == "cuda", fuse=True, compute_loss=self.compute_loss,
-                     plots=plots, save_dir=self.save_dir, verbose=verbose, callbacks=self.callbacks)
-        return (v.metrics, v.maps) if with_maps else v.metrics
+    def validate(self, model: nn.Module, plots: bool, verbose: bool = False, batch_plots: bool | None = None):
+        """``model`` on the validation set (a ``utils.evaluation.evaluator.Validation``: YOLOv5's result tuple in
+        ``metrics``): a folded copy (1.4-2x faster, same function), in fp16 when training used AMP on CUDA."""
+        return validate(model, self.val_loader, names=self.names, single_cls=self.config.single_cls,
+                        half=self.amp and self.device.type == "cuda", fuse=True, compute_loss=self.compute_loss,
+                        plots=plots, save_dir=self.save_dir, verbose=verbose, callbacks=self.callbacks,
+                        batch_plots=batch_plots)
 
     # ---- outputs --------------------------------------------------------------------------
     def log_speed(self, epoch: int, seconds: float) -> None:
@@ -411,7 +414,9 @@ class Trainer:
         mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
         LOGGER.info(f"Epoch {epoch} speed: {images / seconds:.1f} img/s, peak CUDA memory {mem:.2f} GiB")
 
-    def save(self, epoch: int, fi: float) -> None:
+    def save(self, epoch: int, fi: float, validation=None) -> None:
+        """last.pt, best.pt when ``fi`` is the best fitness so far, epoch<N>.pt every --save-period epochs.
+        ``validation``: the final epoch's, kept while best.pt holds the weights it validated."""
         extra = dict(epoch=epoch, best_fitness=self.best_fitness, ema_updates=self.ema.updates,
                      train_state_dict={k: v.detach().cpu().clone() for k, v in de_parallel(self.model).state_dict().items()},
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -422,6 +427,7 @@ class Trainer:
         self.saved_epoch = epoch
         if fi >= self.best_fitness:
             save_checkpoint(self.best, self.ema.ema, **extra)
+            self.final_validation = validation
         if self.config.save_period > 0 and epoch % self.config.save_period == 0:
             save_checkpoint(self.wdir / f"epoch{epoch}.pt", self.ema.ema, **extra)
         self.callbacks.run("on_model_save", self.last, epoch, epoch + 1 == self.config.epochs, self.best_fitness, fi)
@@ -446,14 +452,29 @@ class Trainer:
         for f in (self.last, self.best):
             if f.exists():
                 strip_checkpoint(f)
-        if self.best.exists():
+        if self.best.exists() and self.final_validation is not None:
+            results = self.rescore_final_validation()
+        elif self.best.exists():
             LOGGER.info(f"\nValidating {self.best}...")
-            results = self.validate(load_model(self.best, self.device), plots=not self.config.noplots, verbose=True)
+            results = self.validate(load_model(self.best, self.device), plots=not self.config.noplots,
+                                    verbose=True).metrics
         if not self.config.noplots:
             plot_results(self.save_dir / "results.csv")
         self.callbacks.run("on_train_end", self.last, self.best, epoch, results)  # trackers upload plots, best.pt
         LOGGER.info(f"Results saved to {self.save_dir}")
         return results
+
+    def rescore_final_validation(self) -> tuple:
+        """best.pt's validation when it holds the weights the last epoch validated (fp32, as saved, folded the
+        same way): that pass's detections scored again with per-class results and plots, instead of running
+        the model over the validation set a second time (YOLOv5 does; the numbers are the same, see
+        tests/test_train.py). The on_val_start and batch hooks fired in that pass; on_val_end fires again."""
+        v = self.final_validation
+        LOGGER.info(f"\nValidating {self.best}: the weights the last epoch validated, their detections scored again")
+        results = score(v.collector, len(v.maps), self.names, verbose=True, plots=not self.config.noplots,
+                        save_dir=self.save_dir)
+        self.callbacks.run("on_val_end", results)
+        return v.metrics
 
 
 def write_run_files(config: TrainConfig, hyp: dict) -> None:
