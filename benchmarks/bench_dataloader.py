@@ -14,7 +14,9 @@ batches untimed and times at least the next ``--batches`` batches, and more unti
 delivered / that time. Building the dataset (label scan, ``--cache ram`` filling) is not timed. Both
 subprocesses run as a loader worker does: one torch thread (the DataLoader worker loop's
 ``torch.set_num_threads(1)``), OpenCV single-threaded (``cv2.setNumThreads(0)``: our ``seed_worker`` and
-YOLOv5's ``utils/general.py`` both set it) and ``OMP_NUM_THREADS=1``.
+YOLOv5's ``utils/general.py`` both set it) and ``OMP_NUM_THREADS=1``. With ``--workers 1`` the batches come
+from one real worker process instead (the loader's own, started by the DataLoader as in training; each batch
+travels back through shared memory), and the CPU time and page faults reported are the worker's.
 
   * ours: ``utils.datasets.dataloaders.create_dataloader`` with the hyp file through ``check_hyp``, as the trainer;
   * YOLOv5 7.0.14: ``yolov5.utils.dataloaders.create_dataloader`` run by ``--yolov5-python`` (a venv with
@@ -30,6 +32,11 @@ Configs (``--configs``):
   * ``coco640-ram``: the same with ``cache='ram'`` for both (decoded images resized to 640 kept in memory);
   * ``shapes``: our default recipe, ``data/shapes.yaml`` (generated when missing) at its 160 with its
     ``hyp.shapes.yaml`` (same augmentation values as scratch-low), each loader with its default cache.
+
+Each run also reports the process's minor page faults per image over its timed batches: where glibc's malloc
+hands the freed buffers of a sample (the warped 640x640 image, the collated batch) back to the kernel, the next
+sample faults them in and zeroes them again, which depends on the heap's layout in that process, not on the
+code (benchmarks/README.md).
 
 Runs alternate: round r runs (ours, YOLOv5) when r is even and (YOLOv5, ours) when odd; the table gives the
 median of ``--runs`` rounds. Noise: the script records how much CPU other processes and the hypervisor (steal)
@@ -52,6 +59,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=1, help="rerun a run this many times when other processes took "
                    f"> {NOISE_PCT:.0f}%% of all cores' time during it (every attempt listed, the last one counts)")
     p.add_argument("--ignore-pytest", action="store_true", help="start even while a pytest process runs")
+    p.add_argument("--workers", type=int, default=0, choices=(0, 1), help="0: the batches are made in the measuring "
+                   "process (as one worker makes them); 1: by one real loader worker process, batches passed back "
+                   "through shared memory as in training (CPU s and page faults are then the worker's)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown output here")
     # internal: one measurement in this process
     p.add_argument("--child", choices=(*IMPLS, "profile"), help=argparse.SUPPRESS)
@@ -138,7 +149,7 @@ def _our_loader(args):
 
     hyp = check_hyp(load_yaml(args.hyp, "hyperparameter file"), args.hyp)
     loader, _ = create_dataloader(args.train_path, args.imgsz, args.batch_size, 32, hyp=hyp, augment=True,
-                                  cache=args.cache, workers=0, prefix="", shuffle=True, seed=0)
+                                  cache=args.cache, workers=args.workers, prefix="", shuffle=True, seed=0)
     _single_worker_threads()
     return loader, loader.set_epoch
 
@@ -150,7 +161,7 @@ def _yolov5_loader(args):
     with open(args.hyp, encoding="utf-8") as f:
         hyp = yaml.safe_load(f)
     loader, _ = create_dataloader(args.train_path, args.imgsz, args.batch_size, 32, hyp=hyp, augment=True,
-                                  cache=args.cache or False, workers=0, prefix="", shuffle=True, seed=0)
+                                  cache=args.cache or False, workers=args.workers, prefix="", shuffle=True, seed=0)
     _single_worker_threads()
     return loader, None
 
@@ -175,6 +186,26 @@ def _versions() -> dict:
             "jpeg": jpeg.group(1).strip() if jpeg else "?"}
 
 
+def _worker_stats() -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of this process's children: the loader's worker processes."""
+    cpu, faults, me, tick = 0.0, 0, os.getpid(), os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == me:  # ppid
+            cpu, faults = cpu + (int(fields[11]) + int(fields[12])) / tick, faults + int(fields[7])
+    return cpu, faults
+
+
+def _stats(workers: int) -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of whatever makes the batches: this process, or its worker processes."""
+    if workers:
+        return _worker_stats()
+    return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def child_measure(args) -> dict:
     t0 = time.perf_counter()
     loader, set_epoch = (_our_loader if args.child == "ours" else _yolov5_loader)(args)
@@ -182,11 +213,15 @@ def child_measure(args) -> dict:
     it = _batches(loader, set_epoch)
     for _ in range(args.warmup):
         next(it)
-    n, nb, cpu0, t0 = 0, 0, time.process_time(), time.perf_counter()
+    cpu0, faults0 = _stats(args.workers)
+    n, nb, t0 = 0, 0, time.perf_counter()
     while nb < args.batches or time.perf_counter() - t0 < args.min_seconds:
         n, nb = n + len(next(it)[0]), nb + 1
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    wall = time.perf_counter() - t0
+    cpu1, faults1 = _stats(args.workers)
+    cpu, faults = cpu1 - cpu0, faults1 - faults0
     return {"images": n, "batches": nb, "wall_s": wall, "cpu_s": cpu, "img_s": n / wall, "build_s": build_s,
+            "faults_per_image": faults / max(n, 1),
             "dataset_len": len(loader.dataset), **_versions()}
 
 
@@ -390,7 +425,8 @@ def run_child(args, impl: str, cfg: str, batches: int, tmp: Path) -> dict:
     cmd = [sys.executable if impl != "yolov5" else args.yolov5_python, str(Path(__file__).resolve()),
            "--child", impl, "--train-path", args.train_paths[cfg], "--imgsz", str(imgsz), "--hyp", str(ROOT / hyp),
            "--batch-size", str(args.batch_size), "--batches", str(batches), "--warmup", str(args.warmup),
-           "--min-seconds", str(args.min_seconds if impl != "profile" else 0)]
+           "--min-seconds", str(args.min_seconds if impl != "profile" else 0),
+           "--workers", str(args.workers if impl != "profile" else 0)]
     if cache:
         cmd += ["--cache", cache]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "YOLO_OFFLINE": "1",
@@ -469,7 +505,9 @@ def main(argv=None) -> int:
     if "yolov5" in versions:
         y = versions["yolov5"]
         lines.append(f"YOLOv5 {y['yolov5']} ran in `{args.yolov5_python}`: torch {y['torch']}, OpenCV {y['cv2']}, numpy {y['numpy']}")
-    lines += ["", f"One process (`workers=0`, as one loader worker), 1 torch thread, OpenCV single-threaded; batch "
+    made_by = ("One process (`workers=0`, as one loader worker)" if not args.workers else
+               "One real loader worker process (`workers=1`; the measuring process only receives the batches)")
+    lines += ["", f"{made_by}, 1 torch thread, OpenCV single-threaded; batch "
               f"{args.batch_size}, shuffled, augment on; {args.warmup} untimed batches, then at least {args.batches} "
               f"timed batches and {args.min_seconds:g} s; "
               f"median of {args.runs} alternated rounds.", ""]
@@ -486,15 +524,17 @@ def main(argv=None) -> int:
             lines.append(f"| {Path(data).name} {imgsz}, {Path(hyp).name} | {cache_label(cache)} | {med['ours']:.1f} | "
                          f"{runs['ours']} | {med.get('yolov5', float('nan')):.1f} | {runs.get('yolov5', '-')} | {ratio} |")
         lines += ["", "Per run, in the order run (CPU s: the process's own CPU time over the timed batches; other / "
-                  "steal: other processes' and the hypervisor's share of all cores' time during the run):", "",
-                  "| # | config | implementation | counted | img/s | timed s | CPU s | dataset build s | other / steal | pytest running |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "steal: other processes' and the hypervisor's share of all cores' time during the run; page faults: "
+                  "minor faults per image over the timed batches; both of the worker process with --workers 1):", "",
+                  "| # | config | implementation | counted | img/s | timed s | CPU s | page faults | dataset build s | other / steal | pytest running |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         k = 0
         for cfg, impl, attempts in order_log:
             for j, a in enumerate(attempts):
                 k += 1
                 lines.append(f"| {k} | {cfg} | {impl} | {'yes' if j == len(attempts) - 1 else 'no (noisy, rerun)'} | "
-                             f"{a['img_s']:.1f} | {a['wall_s']:.2f} | {a['cpu_s']:.2f} | {a['build_s']:.1f} | "
+                             f"{a['img_s']:.1f} | {a['wall_s']:.2f} | {a['cpu_s']:.2f} | {a['faults_per_image']:.0f} | "
+                             f"{a['build_s']:.1f} | "
                              f"{fmt_noise(a)} | {'yes' if a['pytest'] else 'no'} |")
     if profile:
         data, imgsz, hyp, cache = CONFIGS[args.profile_config]

@@ -19,7 +19,8 @@ noise hits all alike:
 
 The measure is the whole process's wall time, from launch to exit: imports, dataset scan, AutoAnchor, model
 build, the training epochs, the final epoch's validation (``--noval`` still validates the last epoch), the
-final validation of best.pt and checkpoint writes: what a user waits for. The ratio is YOLOv5's median time
+check of best.pt (YOLOv5 runs a second validation; ours scores the last epoch's pass again when best.pt holds
+those weights, as it always does after one ``--noval`` epoch) and checkpoint writes: what a user waits for. The ratio is YOLOv5's median time
 divided by ours (> 1: ours is faster). The training progress bar's own elapsed time (epoch 0) is listed beside
 it: the script timestamps, with its own monotonic clock, the moment the bar's first line (``0/N``) and its
 first ``N/N`` line arrive on the subprocess's pipe (tqdm flushes every line).
