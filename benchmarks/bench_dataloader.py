@@ -67,7 +67,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_name, cpu_times, emit, noise_pct  # benchmarks/ is sys.path[0]
+from machine import cpu_name, cpu_times, emit, noise_pct, proc_stat  # benchmarks/ is sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -190,11 +190,8 @@ def _worker_stats() -> tuple[float, int]:
     """(CPU seconds, minor page faults) of this process's children: the loader's worker processes."""
     cpu, faults, me, tick = 0.0, 0, os.getpid(), os.sysconf("SC_CLK_TCK")
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[1]) == me:  # ppid
+        fields = proc_stat(f"/proc/{pid}/stat")
+        if fields is not None and int(fields[1]) == me:  # a child of this process
             cpu, faults = cpu + (int(fields[11]) + int(fields[12])) / tick, faults + int(fields[7])
     return cpu, faults
 

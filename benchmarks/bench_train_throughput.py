@@ -83,7 +83,7 @@ from pathlib import Path
 
 import yaml
 
-from machine import cpu_flags, cpu_name, cpu_times, noise_pct  # benchmarks/machine.py: the script's folder is sys.path[0]
+from machine import cpu_flags, cpu_name, cpu_times, noise_pct, proc_stat  # benchmarks/machine.py: the script's folder is sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
@@ -166,12 +166,9 @@ def thread_cpu(pid: int) -> dict[int, float] | None:
     except OSError:
         return None
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+        fields = proc_stat(f"/proc/{pid}/task/{tid}/stat")
+        if fields is not None:
             out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
     return out
 
 

@@ -49,6 +49,16 @@ def cpu_times(children: bool = False) -> tuple[float, float, float, float] | Non
     return (sum(v) - v[3] - v[4]) / tick, v[7] / tick, sum(v) / tick, own
 
 
+def proc_stat(path: str) -> list[str] | None:
+    """The fields of a /proc/PID/stat or /proc/PID/task/TID/stat file after the command name (``[0]`` is the
+    state, ``[1]`` the parent pid, ``[7]`` minor faults, ``[11]``/``[12]`` user/system ticks); None if it is gone."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def noise_pct(start, end) -> tuple[float, float] | None:
     """(other processes, hypervisor steal) as % of all cores' time between two ``cpu_times()``; None if unknown."""
     if start is None or end is None or end[2] <= start[2]:

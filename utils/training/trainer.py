@@ -454,7 +454,7 @@ class Trainer:
                 strip_checkpoint(f)
         if self.best.exists() and self.final_validation is not None:
             results = self.rescore_final_validation()
-        elif self.best.exists():
+        elif self.best.exists():  # an earlier epoch's weights (or a resumed run's): run them again
             LOGGER.info(f"\nValidating {self.best}...")
             results = self.validate(load_model(self.best, self.device), plots=not self.config.noplots,
                                     verbose=True).metrics
