@@ -64,9 +64,15 @@ def read_xwd(data: bytes) -> np.ndarray:
     return np.dstack([blue, green, red])
 
 
-def screenshot(display: str) -> np.ndarray:
-    out = subprocess.run([XWD, "-root", "-silent", "-display", display], capture_output=True, check=True, timeout=30)
-    return read_xwd(out.stdout)
+def screenshot(display: str, tries: int = 3) -> np.ndarray:
+    """The screen of ``display``. xwd can fail with an X protocol error (BadDrawable) when a window is created or
+    destroyed while it reads (seen once in a full-suite run, as detect.py exited): such a dump is taken again."""
+    for attempt in range(tries):
+        out = subprocess.run([XWD, "-root", "-silent", "-display", display], capture_output=True, timeout=30)
+        if out.returncode == 0:
+            return read_xwd(out.stdout)
+        time.sleep(0.1)
+    raise RuntimeError(f"xwd failed {tries} times on {display}: {out.stderr.decode(errors='replace')[:300]}")
 
 
 def shown(shot: np.ndarray, raw: np.ndarray, annotated: np.ndarray) -> tuple[float, float]:
